@@ -1,0 +1,128 @@
+"""The Dramatiq broker and publishing of job messages.
+
+RabbitMQ: publisher confirms on (a publish returns only once the broker has the message on disk, and an
+unroutable message raises), durable classic queues with ``x-max-priority``, each with Dramatiq's ``.DQ`` and
+``.XQ``; a small prefetch so that priorities order what the worker takes next. Embedded: Dramatiq's
+StubBroker. The middleware stack is Conveyor's own: no Dramatiq ``Retries`` (see service/tracking.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import dramatiq
+import dramatiq.worker
+import pika.exceptions
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.errors import ConnectionError as DramatiqConnectionError
+from dramatiq.middleware import Middleware, ShutdownNotifications, TimeLimit
+from dramatiq.results import Results
+from dramatiq.results.backends import RedisBackend
+
+from service.config import Settings
+from service.errors import BackendUnavailable
+from service.job import Job, now_ms
+from service.tracking import GEN_OPTION
+
+__all__ = ["build_broker", "publish", "job_message", "queue_depths"]
+
+logger = logging.getLogger(__name__)
+
+#: pika connection parameters added to the broker URL unless it sets them: fail fast instead of hanging
+#: when RabbitMQ is down or blocks publishers on a resource alarm.
+_AMQP_DEFAULTS = {"blocked_connection_timeout": "5", "socket_timeout": "5", "connection_attempts": "1",
+                  "heartbeat": "30"}
+
+
+def amqp_url(url: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    for key, value in _AMQP_DEFAULTS.items():
+        query.setdefault(key, value)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def build_broker(settings: Settings, tracking: Middleware, backend: RedisBackend) -> dramatiq.Broker:
+    """Build the broker with Conveyor's middleware and make it Dramatiq's global broker."""
+    middleware: list[Middleware] = [
+        TimeLimit(),
+        ShutdownNotifications(),
+        tracking,
+        Results(backend=backend, result_ttl=settings.result_ttl_s * 1000),
+    ]
+    broker: dramatiq.Broker
+    if settings.embedded_broker:
+        broker = StubBroker(middleware=middleware)
+    else:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=amqp_url(settings.broker_url), confirm_delivery=True,
+                                max_priority=settings.max_priority, middleware=middleware)
+    # Read when the Worker is built, which happens after this module is imported by `dramatiq actors`.
+    if not dramatiq.worker.QUEUE_PREFETCH:
+        dramatiq.worker.QUEUE_PREFETCH = settings.queue_prefetch
+    dramatiq.set_broker(broker)
+    return broker
+
+
+def job_message(job: Job) -> dramatiq.Message:
+    """The Dramatiq message for the job's current generation. Its id is the job id."""
+    return dramatiq.Message(
+        queue_name=job.queue,
+        actor_name=job.type,
+        args=(job.payload,),
+        kwargs={},
+        options={GEN_OPTION: job.generation, "broker_priority": job.priority},
+        message_id=job.id,
+        message_timestamp=now_ms(),
+    )
+
+
+def publish(broker: dramatiq.Broker, job: Job) -> None:
+    """Publish the job's message and wait for the broker's confirm. Raises BackendUnavailable."""
+    try:
+        broker.enqueue(job_message(job))
+    except (DramatiqConnectionError, pika.exceptions.AMQPError, OSError) as exc:
+        logger.warning("publish of job %s failed: %s", job.id, type(exc).__name__)
+        raise BackendUnavailable("the message broker (RabbitMQ) is unavailable", details={"backend": "broker"}) from exc
+
+
+def queue_depths(broker: dramatiq.Broker, queues: list[str]) -> dict[str, dict[str, int]]:
+    """Messages waiting in each queue, its delay queue and its dead-letter queue."""
+    out: dict[str, dict[str, int]] = {}
+    for name in queues:
+        try:
+            if isinstance(broker, StubBroker):
+                q = broker.queues.get(name)
+                dq = broker.queues.get(name + ".DQ")
+                main, delayed = (q.qsize() if q else 0), (dq.qsize() if dq else 0)
+                dead = sum(1 for m in broker.dead_letters if m.queue_name == name)
+            else:
+                main, delayed, dead = broker.get_queue_message_counts(name)  # type: ignore[attr-defined]
+        except (DramatiqConnectionError, pika.exceptions.AMQPError, OSError) as exc:
+            _reset_connection(broker)
+            raise BackendUnavailable("the message broker (RabbitMQ) is unavailable", details={"backend": "broker"}) from exc
+        out[name] = {"ready": main, "delayed": delayed, "dead": dead}
+    return out
+
+
+def _reset_connection(broker: dramatiq.Broker) -> None:
+    """Drop this thread's broken RabbitMQ connection so that the next call opens a new one."""
+    try:
+        del broker.connection  # type: ignore[attr-defined]
+    except Exception:
+        pass
+
+
+def ping(broker: dramatiq.Broker) -> bool:
+    """Whether the broker answers (a passive look at nothing for the StubBroker)."""
+    if isinstance(broker, StubBroker):
+        return True
+    try:
+        conn = broker.connection  # type: ignore[attr-defined]
+        conn.process_data_events(time_limit=0)
+        return bool(conn.is_open)
+    except (DramatiqConnectionError, pika.exceptions.AMQPError, OSError):
+        _reset_connection(broker)
+        return False

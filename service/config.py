@@ -1,0 +1,114 @@
+"""Configuration: the one place that reads ``os.environ``.
+
+Every setting has an embedded default, so ``conveyor dev`` runs with nothing set. Durations carry their
+unit in the name (``_s``, ``_ms``). Secrets are kept out of ``repr`` so a logged ``Settings`` leaks nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from service.errors import ConfigError
+
+__all__ = ["Settings", "MEMORY_URL"]
+
+#: URL that selects the embedded broker (StubBroker) or the embedded store (fakeredis).
+MEMORY_URL = "memory://"
+
+
+def _secret() -> str:
+    return field(default="", repr=False)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Conveyor can be told. Build it with :meth:`from_env`; pass it down, never re-read env."""
+
+    #: ``amqp://user:pass@host:5672/vhost`` or ``memory://`` for the embedded StubBroker.
+    broker_url: str = field(default=MEMORY_URL, repr=False)
+    #: ``redis://host:6379/0`` or ``memory://`` for the embedded fakeredis store.
+    redis_url: str = field(default=MEMORY_URL, repr=False)
+    #: Prefix of every Redis key Conveyor writes, so several deployments can share one Redis.
+    key_prefix: str = "conveyor"
+    #: Python modules imported to register job types (comma separated in the environment).
+    job_modules: tuple[str, ...] = ("actors",)
+    #: How long Dramatiq's result backend keeps a return value.
+    result_ttl_s: int = 24 * 3600
+    #: How long a finished job's record, events and indexes are kept.
+    job_ttl_s: int = 7 * 24 * 3600
+    #: Highest AMQP priority; queues are declared with ``x-max-priority`` of this value.
+    max_priority: int = 9
+    #: Messages a worker process prefetches per queue; small, so RabbitMQ priorities really order work.
+    queue_prefetch: int = 1
+    #: Seconds between two looks of the promoter at the scheduled set (delays and retry backoffs).
+    promote_interval_s: float = 0.2
+    #: A worker that has not reported for this long is not counted as alive by /health.
+    worker_stale_s: float = 30.0
+    #: Redeliveries of a running job (its worker died) tolerated before the job is failed as a poison pill.
+    max_crash_redeliveries: int = 3
+    #: Events kept in the global event stream (approximate MAXLEN).
+    event_stream_maxlen: int = 100_000
+    #: Events kept per job.
+    job_event_maxlen: int = 500
+    #: Largest accepted request body.
+    max_body_bytes: int = 1024 * 1024
+    #: Timeout for broker and Redis operations on the request path.
+    io_timeout_s: float = 5.0
+    #: Address ``conveyor dev`` and ``conveyor api`` listen on.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Worker threads of the in-process worker under ``conveyor dev``.
+    dev_worker_threads: int = 4
+    #: Storage backend for file-producing jobs: ``local`` or ``supabase``.
+    storage_backend: str = "local"
+    storage_dir: str = "var/storage"
+    supabase_url: str = ""
+    supabase_key: str = _secret()
+    supabase_bucket: str = "conveyor"
+    openai_base_url: str = ""
+    openai_api_key: str = _secret()
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_user: str = ""
+    smtp_password: str = _secret()
+    smtp_tls: str = "none"
+    smtp_from: str = "conveyor@localhost"
+    webhook_secret: str = _secret()
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url == MEMORY_URL
+
+    @property
+    def embedded_store(self) -> bool:
+        return self.redis_url == MEMORY_URL
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``CONVEYOR_<FIELD>`` variables. Raises ConfigError on a malformed value."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get("CONVEYOR_" + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, f.default, raw)
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse(name: str, default: object, raw: str) -> object:
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(f"CONVEYOR_{name.upper()} must be a {type(default).__name__}") from None
+    return raw
