@@ -18,6 +18,7 @@ from dramatiq.results.backends import RedisBackend
 
 from service.broker import job_message, publish
 from service.errors import InvalidPayload, InvalidTransition, JobNotFound, ResultNotReady
+from service.hooks import fire_final
 from service.job import Job, now_ms
 from service.registry import Registry
 from service.state import FINAL_STATES, JobState, Priority
@@ -150,6 +151,7 @@ class JobService:
             res = self.store.transition(job_id, JobState.CANCELLED, from_={JobState.QUEUED, JobState.SCHEDULED,
                                         JobState.RETRYING}, set_fields={"finished_at": now_ms()}, unschedule=True)
             if res.ok:
+                fire_final(job_id, JobState.CANCELLED)
                 return self.get(job_id, tenant)
         # It moved under us (started or finished): answer from what it is now.
         job = self.get(job_id, tenant)

@@ -30,12 +30,13 @@ from dramatiq.middleware.threading import raise_thread_exception
 
 from service.context import JobContext, clear_current, set_current
 from service.errors import BackendUnavailable, JobCancelled, RetryJob
+from service.hooks import fire_final
 from service.job import now_ms
 from service.state import JobState
 
 if TYPE_CHECKING:
     from service.registry import Registry
-    from service.store import JobStore
+    from service.store import JobStore, TransitionResult
 
 __all__ = ["JobTracking", "GEN_OPTION"]
 
@@ -102,9 +103,11 @@ class JobTracking(Middleware):
             raise SkipMessage() from None
         if not result.ok and result.reason == "poison":
             logger.error("job %s crashed its worker %d times; failing it", job_id, self.max_crash_redeliveries)
-            self._fail(job_id, gen, "WorkerCrashed",
-                       f"the worker running this job died {self.max_crash_redeliveries} times", "")
+            res = self._fail(job_id, gen, "WorkerCrashed",
+                             f"the worker running this job died {self.max_crash_redeliveries} times", "")
             message.fail()
+            if res.ok:
+                fire_final(job_id, JobState.FAILED)
             raise SkipMessage()
         if not result.ok:
             logger.info("skipping message of job %s (gen %s): %s (state=%s, gen=%s)",
@@ -129,15 +132,17 @@ class JobTracking(Middleware):
         clear_current()
         try:
             if exception is None:
-                self._retrying(lambda: self.store.transition(
+                res = self._retrying(lambda: self.store.transition(
                     job_id, JobState.SUCCEEDED, from_={JobState.RUNNING}, generation=gen,
                     set_fields={"finished_at": now_ms(), "progress": 100}))
             elif isinstance(exception, JobCancelled):
-                self._retrying(lambda: self.store.transition(
+                res = self._retrying(lambda: self.store.transition(
                     job_id, JobState.CANCELLED, from_={JobState.RUNNING}, generation=gen,
                     set_fields={"finished_at": now_ms()}))
             else:
-                self._after_failure(message, job_id, gen, exception)
+                res = self._after_failure(message, job_id, gen, exception)
+            if res is not None and res.ok and res.state is not None and res.state.is_final:
+                fire_final(job_id, res.state)
         except BackendUnavailable:
             # The state could not be written: keep the message for operators rather than lose it.
             logger.critical("job store unreachable after job %s ran; dead-lettering its message", job_id)
@@ -145,10 +150,11 @@ class JobTracking(Middleware):
         except Exception:  # Dramatiq swallows hook errors; say so loudly.
             logger.exception("JobTracking failed to record the end of job %s", job_id)
 
-    def _after_failure(self, message: dramatiq.Message, job_id: str, gen: int, exc: BaseException) -> None:
+    def _after_failure(self, message: dramatiq.Message, job_id: str, gen: int,
+                       exc: BaseException) -> TransitionResult | None:
         job = self._retrying(lambda: self.store.get(job_id))
         if job is None:
-            return
+            return None
         try:
             jt = self.registry.get(job.type)
             retryable = jt.retryable(exc)
@@ -173,17 +179,18 @@ class JobTracking(Middleware):
             if res.ok:
                 logger.info("job %s failed with %s; retry %d/%d in %.1fs",
                             job_id, error_type, job.retries + 1, job.max_retries, delay_s)
-                return
-        self._fail(job_id, gen, error_type, error_message, tb, history=history)
+                return res
+        res = self._fail(job_id, gen, error_type, error_message, tb, history=history)
         message.fail()
+        return res
 
     def _fail(self, job_id: str, gen: int, error_type: str, error_message: str, tb: str,
-              history: list[dict[str, Any]] | None = None) -> None:
+              history: list[dict[str, Any]] | None = None) -> TransitionResult:
         fields: dict[str, Any] = {"error_type": error_type, "error_message": error_message,
                                   "error_traceback": tb, "finished_at": now_ms()}
         if history is not None:
             fields["history"] = history
-        self._retrying(lambda: self.store.transition(
+        return self._retrying(lambda: self.store.transition(
             job_id, JobState.FAILED, from_={JobState.RUNNING}, generation=gen, set_fields=fields))
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
