@@ -15,7 +15,7 @@ import dramatiq
 import dramatiq.worker
 import pika.exceptions
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.errors import ConnectionError as DramatiqConnectionError
+from dramatiq.errors import BrokerConnectionError as DramatiqConnectionError
 from dramatiq.middleware import Middleware, ShutdownNotifications, TimeLimit
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend

@@ -101,15 +101,14 @@ def submit_bulk():  # type: ignore[no-untyped-def]
     subs, errors = [], {}
     for i, item in enumerate(items):
         try:
-            subs.append(submission(item))
-        except InvalidPayload as exc:
-            errors[str(i)] = exc.details
+            sub = submission(item)
+            runtime().jobs.build(sub)  # validates the payload too
+            subs.append(sub)
+        except (InvalidPayload, UnknownJobType) as exc:
+            errors[str(i)] = {"error": exc.code, "message": exc.message, **exc.details}
     if errors:
         raise InvalidPayload("some jobs are invalid; none was submitted", details={"jobs": errors})
-    try:
-        results = runtime().jobs.submit_many(subs)
-    except (InvalidPayload, UnknownJobType) as exc:
-        raise InvalidPayload(f"a job is invalid; none was submitted: {exc.message}", details=exc.details) from None
+    results = runtime().jobs.submit_many(subs)
     return {"jobs": [job.to_api() for job, _ in results]}, 202
 
 
