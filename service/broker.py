@@ -22,10 +22,10 @@ from dramatiq.results.backends import RedisBackend
 
 from service.config import Settings
 from service.errors import BackendUnavailable
-from service.job import Job, now_ms
-from service.tracking import GEN_OPTION
+from service.job import Job
+from service.message import job_message
 
-__all__ = ["build_broker", "publish", "job_message", "queue_depths"]
+__all__ = ["build_broker", "publish", "queue_depths", "ping"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,19 +64,6 @@ def build_broker(settings: Settings, tracking: Middleware, backend: RedisBackend
         dramatiq.worker.QUEUE_PREFETCH = settings.queue_prefetch
     dramatiq.set_broker(broker)
     return broker
-
-
-def job_message(job: Job) -> dramatiq.Message:
-    """The Dramatiq message for the job's current generation. Its id is the job id."""
-    return dramatiq.Message(
-        queue_name=job.queue,
-        actor_name=job.type,
-        args=(job.payload,),
-        kwargs={},
-        options={GEN_OPTION: job.generation, "broker_priority": job.priority},
-        message_id=job.id,
-        message_timestamp=now_ms(),
-    )
 
 
 def publish(broker: dramatiq.Broker, job: Job) -> None:

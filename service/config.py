@@ -63,19 +63,45 @@ class Settings:
     dev_worker_threads: int = 4
     #: Storage backend for file-producing jobs: ``local`` or ``supabase``.
     storage_backend: str = "local"
+    #: Root directory of the ``local`` storage backend.
     storage_dir: str = "var/storage"
+    #: Base URL under which ``storage_dir`` is served (e.g. by a CDN or nginx); empty: ``file://`` URLs.
+    storage_public_base_url: str = ""
+    #: Supabase project URL (``https://<project>.supabase.co``) and service-role key.
     supabase_url: str = ""
     supabase_key: str = _secret()
     supabase_bucket: str = "conveyor"
+    #: True: results carry the bucket's public URL; False: a signed URL valid for ``supabase_signed_url_ttl_s``.
+    supabase_public: bool = True
+    supabase_signed_url_ttl_s: int = 7 * 24 * 3600
+    #: Timeout of one Supabase storage request.
+    supabase_timeout_s: float = 30.0
+    #: OpenAI-compatible API base URL (empty: the OpenAI default) and key.
     openai_base_url: str = ""
     openai_api_key: str = _secret()
+    #: Image model for ``images.generate``.
+    openai_image_model: str = "dall-e-3"
+    #: Timeout of one image-generation request.
+    openai_timeout_s: float = 120.0
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_user: str = ""
     smtp_password: str = _secret()
+    #: ``none``, ``starttls`` or ``ssl`` (implicit TLS, usually port 465).
     smtp_tls: str = "none"
     smtp_from: str = "conveyor@localhost"
+    smtp_timeout_s: float = 30.0
+    #: HMAC-SHA256 key of webhook and callback signatures; empty: webhooks are sent unsigned.
     webhook_secret: str = _secret()
+    #: Timeout of one webhook delivery (connect + read).
+    webhook_timeout_s: float = 10.0
+    #: Outbound HTTP (service/http.py): default timeout, largest response body, redirects followed.
+    http_timeout_s: float = 15.0
+    http_max_response_bytes: int = 25 * 1024 * 1024
+    http_max_redirects: int = 3
+    #: Image inputs: largest accepted file and pixel count (larger images are refused as decompression bombs).
+    image_max_input_bytes: int = 25 * 1024 * 1024
+    image_max_pixels: int = 50_000_000
 
     @property
     def embedded_broker(self) -> bool:

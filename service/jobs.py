@@ -16,7 +16,8 @@ import dramatiq
 from dramatiq.results import ResultMissing
 from dramatiq.results.backends import RedisBackend
 
-from service.broker import job_message, publish
+from service.broker import publish
+from service.message import job_message
 from service.errors import InvalidPayload, InvalidTransition, JobNotFound, ResultNotReady
 from service.hooks import fire_final
 from service.job import Job, now_ms

@@ -32,19 +32,20 @@ from service.context import JobContext, clear_current, set_current
 from service.errors import BackendUnavailable, JobCancelled, RetryJob
 from service.hooks import fire_final
 from service.job import now_ms
+from service.message import GEN_OPTION, job_from_message
 from service.state import JobState
+
+from service.store import TransitionResult
 
 if TYPE_CHECKING:
     from service.registry import Registry
-    from service.store import JobStore, TransitionResult
+    from service.store import JobStore
 
-__all__ = ["JobTracking", "GEN_OPTION"]
+__all__ = ["JobTracking"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Message option holding the record generation the message was published for.
-GEN_OPTION = "conveyor_gen"
 #: How long a store write inside the worker is retried while Redis is unreachable.
 STORE_RETRY_S = 30.0
 #: Attempts kept in a record's history.
@@ -91,12 +92,21 @@ class JobTracking(Middleware):
         job_id = message.message_id
         redelivered = bool(getattr(message, "redelivered", False))
         sources = {JobState.QUEUED, JobState.RETRYING} | ({JobState.RUNNING} if redelivered else set())
-        try:
-            result = self._retrying(lambda: self.store.transition(
+
+        def start() -> TransitionResult:
+            return self.store.transition(
                 job_id, JobState.RUNNING, from_=sources, generation=gen,
                 set_fields={"started_at": now_ms(), "progress": 0, "progress_message": ""},
                 incr={"attempts": 1}, max_crash=self.max_crash_redeliveries,
-            ))
+            )
+
+        try:
+            result = self._retrying(start)
+            if not result.ok and result.reason == "not_found":
+                # Redis lost the record (restarted without persistence): rebuild it from the message.
+                logger.warning("job %s has no record; recreating it from its message", job_id)
+                self._retrying(lambda: self.store.create(job_from_message(message)))
+                result = self._retrying(start)
         except BackendUnavailable:
             logger.critical("job store unreachable; dead-lettering message %s of job %s", message.message_id, job_id)
             message.fail()

@@ -246,3 +246,22 @@ def test_health_names_what_is_down(client, clean):
     assert r.status_code == 503 and r.get_json()["down"] == ["workers"]
     clean.store.worker_heartbeat("w1")
     assert client.get("/health").status_code == 200
+
+
+def test_a_job_whose_record_was_lost_is_rebuilt_from_its_message_and_runs(client, clean):
+    # Given a queued job whose record Redis lost (a restart without persistence),
+    job = submit(client, {"type": "echo", "payload": {"keep": "me"}, "priority": "high", "max_retries": 2})
+    clean.redis.flushall()
+    # When a worker takes its message,
+    from dramatiq import Worker
+
+    w = Worker(clean.broker, worker_timeout=50)
+    w.start()
+    try:
+        wait_state(client, job["id"], "succeeded")
+    finally:
+        w.stop()
+    # Then the record is back with what the message knew, and the result is there.
+    rec = client.get(f"/api/jobs/{job['id']}").get_json()
+    assert rec["payload"] == {"keep": "me"} and rec["priority"] == 8 and rec["max_retries"] == 2
+    assert client.get(f"/api/jobs/{job['id']}/result").get_json()["result"] == {"keep": "me"}
