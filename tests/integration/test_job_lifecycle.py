@@ -66,7 +66,7 @@ def test_a_cancelled_queued_job_never_runs(api, env, start_workers):
 def test_a_redelivered_message_of_a_finished_job_changes_nothing(api, env, start_workers):
     import pika
 
-    from service.broker import job_message
+    from service.message import job_message
 
     start_workers()
     job = submit(api, {"type": "echo", "payload": {"once": 1}})
