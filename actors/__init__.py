@@ -10,6 +10,6 @@ from service.runtime import configure
 runtime = configure()
 broker = runtime.broker
 
-from actors import diagnostic  # noqa: E402,F401  (registers job types)
+from actors import diagnostic, images, notify  # noqa: E402,F401  (registers job types)
 
 __all__ = ["broker", "runtime"]
