@@ -12,7 +12,6 @@ import logging
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
-import dramatiq.worker
 import pika.exceptions
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import BrokerConnectionError as DramatiqConnectionError
@@ -43,6 +42,22 @@ def amqp_url(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+class Prefetch(Middleware):
+    """Prefetch no more than the worker can run at once (its thread count, or ``prefetch`` if set).
+
+    RabbitMQ priorities only reorder messages that are not yet delivered; Dramatiq's default of twice the
+    thread count keeps a second batch buffered in the worker, which a newly submitted high-priority job
+    then waits behind. A delayed queue is not used by Conveyor, so its prefetch is kept small too.
+    """
+
+    def __init__(self, prefetch: int = 0) -> None:
+        self.prefetch = prefetch
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        worker.queue_prefetch = self.prefetch or worker.worker_threads
+        worker.delay_prefetch = min(worker.delay_prefetch, 10 * worker.worker_threads)
+
+
 def build_broker(settings: Settings, tracking: Middleware, backend: RedisBackend) -> dramatiq.Broker:
     """Build the broker with Conveyor's middleware and make it Dramatiq's global broker."""
     middleware: list[Middleware] = [
@@ -59,9 +74,7 @@ def build_broker(settings: Settings, tracking: Middleware, backend: RedisBackend
 
         broker = RabbitmqBroker(url=amqp_url(settings.broker_url), confirm_delivery=True,
                                 max_priority=settings.max_priority, middleware=middleware)
-    # Read when the Worker is built, which happens after this module is imported by `dramatiq actors`.
-    if not dramatiq.worker.QUEUE_PREFETCH:
-        dramatiq.worker.QUEUE_PREFETCH = settings.queue_prefetch
+    broker.add_middleware(Prefetch(settings.queue_prefetch), before=TimeLimit)
     dramatiq.set_broker(broker)
     return broker
 

@@ -40,8 +40,9 @@ class Settings:
     job_ttl_s: int = 7 * 24 * 3600
     #: Highest AMQP priority; queues are declared with ``x-max-priority`` of this value.
     max_priority: int = 9
-    #: Messages a worker process prefetches per queue; small, so RabbitMQ priorities really order work.
-    queue_prefetch: int = 1
+    #: Messages a worker process prefetches per queue; 0 = its thread count, so that RabbitMQ priorities
+    #: really order everything that has not started yet.
+    queue_prefetch: int = 0
     #: Seconds between two looks of the promoter at the scheduled set (delays and retry backoffs).
     promote_interval_s: float = 0.2
     #: A worker that has not reported for this long is not counted as alive by /health.
@@ -52,6 +53,14 @@ class Settings:
     event_stream_maxlen: int = 100_000
     #: Events kept per job.
     job_event_maxlen: int = 500
+    #: Live events buffered per WebSocket/SSE client; a client that falls further behind is disconnected.
+    live_buffer_events: int = 1000
+    #: Seconds between WebSocket pings (and SSE keep-alive comments) on an idle live connection.
+    live_ping_interval_s: float = 25.0
+    #: Seconds between two looks at the job counts for ``stats`` subscribers (sent only on change).
+    live_stats_interval_s: float = 1.0
+    #: Largest message a WebSocket client may send.
+    ws_max_message_bytes: int = 64 * 1024
     #: Largest accepted request body.
     max_body_bytes: int = 1024 * 1024
     #: Timeout for broker and Redis operations on the request path.
