@@ -23,9 +23,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["conveyor"] = runtime
 
-    from web import api, errors, health
+    from web import api, errors, health, live
 
     errors.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    live.init_app(app)
     return app
