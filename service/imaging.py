@@ -111,8 +111,10 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
                                     f"{max_pixels}-pixel limit (decompression bomb?)")
             img.load()
             upright = _working_mode(ImageOps.exif_transpose(img))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"not a usable image: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected(f"image is over the {max_pixels}-pixel limit (decompression bomb?)") from None
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image in a known format") from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageRejected):
             raise
