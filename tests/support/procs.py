@@ -19,10 +19,10 @@ from typing import Any
 import redis
 import requests
 
+from ops.rabbit import ManagementAPI
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-RABBIT_API = "http://127.0.0.1:15672/api"
-AUTH = ("guest", "guest")
 
 
 def free_port() -> int:
@@ -77,9 +77,10 @@ class Env:
         return JobStore(redis.Redis.from_url(self.redis_url), settings)
 
     def queue(self, name: str) -> dict[str, Any]:
-        r = requests.get(f"{RABBIT_API}/queues/{self.vhost}/{name}", auth=AUTH, timeout=5)
-        r.raise_for_status()
-        return r.json()  # type: ignore[no-any-return]
+        return ManagementAPI().queue(self.vhost, name)
+
+    def peek(self, name: str, count: int = 100) -> list[dict[str, Any]]:
+        return ManagementAPI().peek(self.vhost, name, count)
 
     def queue_messages(self, name: str) -> int:
         """Messages in a queue, counted by a passive declare (exact, unlike the management API's sampling)."""
@@ -93,17 +94,12 @@ class Env:
 
 
 def create_env() -> Env:
-    name = f"conveyor-test-{uuid.uuid4().hex[:8]}"
-    r = requests.put(f"{RABBIT_API}/vhosts/{name}", auth=AUTH, timeout=10)
-    assert r.status_code in (201, 204), r.text
-    r = requests.put(f"{RABBIT_API}/permissions/{name}/guest", auth=AUTH, timeout=10,
-                     json={"configure": ".*", "write": ".*", "read": ".*"})
-    assert r.status_code in (201, 204), r.text
+    name = ManagementAPI().create_vhost(f"conveyor-test-{uuid.uuid4().hex[:8]}")
     return Env(vhost=name, prefix=name)
 
 
 def destroy_env(env: Env) -> None:
-    requests.delete(f"{RABBIT_API}/vhosts/{env.vhost}", auth=AUTH, timeout=10)
+    ManagementAPI().delete_vhost(env.vhost)
     client = redis.Redis.from_url(env.redis_url)
     for pattern in (f"{env.prefix}:*", f"{env.prefix}-results*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
