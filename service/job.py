@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,7 +69,8 @@ class Job:
     def to_hash(self) -> dict[str, str]:
         """The record as Redis hash fields."""
         out: dict[str, str] = {}
-        for key, value in asdict(self).items():
+        for key in self.__dataclass_fields__:  # not asdict(): its deep copy costs more than the Redis call
+            value = getattr(self, key)
             if key in _JSON_FIELDS:
                 out[key] = json.dumps(value, separators=(",", ":"))
             elif isinstance(value, JobState):
