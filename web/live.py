@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ sock = Sock()
 SLOW_CLOSE_GRACE_S = 5.0
 #: Seconds between SSE keep-alive comments.
 SSE_KEEPALIVE_S = 15.0
+#: Seconds between two looks at whether an idle SSE client is still connected.
+SSE_POLL_S = 1.0
 #: Milliseconds an EventSource waits before it reconnects (sent as ``retry:``).
 SSE_RETRY_MS = 2000
 _WS_ENDPOINTS = {"live.ws_route", "live.job_ws_route"}
@@ -209,11 +212,13 @@ def sse_stats() -> Response:
 
 def _sse_response(feed: Feed, first: list[Frame]) -> Response:
     keepalive_s = min(SSE_KEEPALIVE_S, current_app.extensions["conveyor"].settings.live_ping_interval_s)
+    client = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
 
     def stream() -> Iterator[str]:
         try:
             yield f"retry: {SSE_RETRY_MS}\n\n"
             yield "".join(_sse(f) for f in first)
+            idle_s = 0.0
             while True:
                 feed.wake.clear()
                 if feed.dropped is not None:
@@ -221,14 +226,32 @@ def _sse_response(feed: Feed, first: list[Frame]) -> Response:
                     return
                 frames = feed.drain()
                 if frames:
+                    idle_s = 0.0
                     yield "".join(_sse(f) for f in frames)
-                elif not feed.wake.wait(keepalive_s):
-                    yield ": keep-alive\n\n"
+                elif not feed.wake.wait(SSE_POLL_S):
+                    # A streaming response only learns of a gone client when it writes: look at the socket.
+                    if _hung_up(client):
+                        return
+                    idle_s += SSE_POLL_S
+                    if idle_s >= keepalive_s:
+                        idle_s = 0.0
+                        yield ": keep-alive\n\n"
         finally:
             feed.close()
 
     return Response(stream(), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _hung_up(sock: socket.socket | None) -> bool:
+    """Whether the client closed its side (readable with nothing to read). Never blocks."""
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def _sse(frame: Frame) -> str:
