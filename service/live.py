@@ -132,6 +132,7 @@ class Feed:
         self._jobs: dict[str, _Key] = {}  # job id -> newest event id delivered or covered
         self._all_jobs: _Key | None = None  # the same for the "jobs" channel, when subscribed
         self._stats = False
+        self._stats_seen: dict[str, dict[str, int]] | None = None
 
     # -- called by the hub's threads -----------------------------------------------------------------
 
@@ -204,7 +205,8 @@ class Feed:
         if name == "stats":
             self._stats = True
             self.hub._watch_stats(self)
-            return [Frame(_dumps({"op": "subscribed", "channel": "stats"})), Frame(self.hub.stats_text(self.tenant))]
+            self._stats_seen, text = self.hub.stats(self.tenant)
+            return [Frame(_dumps({"op": "subscribed", "channel": "stats"})), Frame(text)]
         if name != "jobs":
             raise InvalidPayload(f"unknown channel {name!r}; expected one of {sorted(CHANNELS)}",
                                  details={"channel": ["Unknown."]})
@@ -405,14 +407,14 @@ class LiveHub:
             return _StreamView([], view.last_id, gap=True)
         return view
 
-    def stats_text(self, tenant: str) -> str:
-        """The ``stats`` message for ``tenant``: job counts by state, in total and per queue."""
+    def stats(self, tenant: str) -> tuple[dict[str, dict[str, int]], str]:
+        """The job counts of ``tenant`` and the ``stats`` message showing them (by state, per queue)."""
         per_queue = self.store.counts(tenant)
         totals = {s.value: 0 for s in JobState}
         for counts in per_queue.values():
             for state, n in counts.items():
                 totals[state] = totals.get(state, 0) + n
-        return _dumps({"op": "stats", "states": totals, "queues": per_queue, "at": now_ms()})
+        return per_queue, _dumps({"op": "stats", "states": totals, "queues": per_queue, "at": now_ms()})
 
     # -- the reader ----------------------------------------------------------------------------------
 
@@ -474,22 +476,19 @@ class LiveHub:
     # -- stats ---------------------------------------------------------------------------------------
 
     def _stats_loop(self) -> None:
-        last: dict[str, dict[str, dict[str, int]]] = {}
         while not self._stop.wait(self.stats_interval_s):
             with self._lock:
                 tenants = {t: tuple(fs) for t, fs in self._stats_by_tenant.items() if fs}
             for tenant, feeds in tenants.items():
                 try:
-                    counts = self.store.counts(tenant)
-                    if counts == last.get(tenant):
-                        continue
-                    last[tenant] = counts
-                    text = self.stats_text(tenant)
+                    counts, text = self.stats(tenant)
                 except BackendUnavailable as exc:
                     logger.warning("live stats: %s", exc.message)
                     continue
                 for feed in feeds:
-                    feed._offer((None, None, None, text))
+                    if feed._stats_seen != counts:  # on change only, judged per client
+                        feed._stats_seen = counts
+                        feed._offer((None, None, None, text))
 
 
 def _discard(table: dict[str, set[Feed]], key: str, feed: Feed) -> None:
