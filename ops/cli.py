@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -22,11 +21,14 @@ EPILOG = """examples:
   conveyor api --workers 2          # production API (gunicorn, threaded)
   dramatiq actors --threads 8       # a worker process (or: conveyor worker)
   conveyor scheduler                # promoter of delayed jobs and retries + house-keeping
+  CONVEYOR_OPENAI_API_KEY=sk-... conveyor dev          # turn on images.generate
+  CONVEYOR_STORAGE_BACKEND=supabase CONVEYOR_SUPABASE_URL=https://<project>.supabase.co \
+      CONVEYOR_SUPABASE_KEY=<service key> conveyor dev  # store job outputs in Supabase (docs/job-types.md)
 """
 
 
-def _logging() -> None:
-    logging.basicConfig(level=os.environ.get("CONVEYOR_LOG_LEVEL", "INFO"),
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pika").setLevel(logging.WARNING)
 
@@ -54,9 +56,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
     stop = threading.Event()
     start_scheduler(rt, stop, promoter=False)  # the in-process worker already promotes
     host, port = args.host or settings.host, args.port or settings.port
-    logging.getLogger("conveyor").info("Conveyor dev on http://%s:%d (broker=%s, store=%s)", host, port,
-                                       "embedded" if settings.embedded_broker else "rabbitmq",
-                                       "embedded" if settings.embedded_store else "redis")
+    log = logging.getLogger("conveyor")
+    log.info("Conveyor dev on http://%s:%d (broker=%s, store=%s)", host, port,
+             "embedded" if settings.embedded_broker else "rabbitmq", "embedded" if settings.embedded_store else "redis")
+    for note in settings.integration_notes():
+        log.info("  %s", note)
     try:
         app.run(host=host, port=port, threaded=True, use_reloader=False)
     finally:
@@ -75,8 +79,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     class App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             self.cfg.set("bind", f"{args.host or settings.host}:{args.port or settings.port}")
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("threads", args.threads)
+            self.cfg.set("workers", args.workers or settings.api_workers)
+            self.cfg.set("threads", args.threads or settings.api_threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 120)
             self.cfg.set("graceful_timeout", 20)
@@ -124,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("api", help="the HTTP API under gunicorn (gthread)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--workers", type=int, default=int(os.environ.get("CONVEYOR_API_WORKERS", "2")))
-    p.add_argument("--threads", type=int, default=int(os.environ.get("CONVEYOR_API_THREADS", "32")))
+    p.add_argument("--workers", type=int, help="gunicorn workers (CONVEYOR_API_WORKERS, 2)")
+    p.add_argument("--threads", type=int, help="threads per worker (CONVEYOR_API_THREADS, 32)")
     p.add_argument("--access-log", action="store_true")
     p.set_defaults(fn=cmd_api)
     p = sub.add_parser("scheduler", help="promoter of due jobs + recurring house-keeping")
@@ -135,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=8)
     p.set_defaults(fn=cmd_worker)
     args = parser.parse_args(argv)
-    _logging()
+    from service.config import Settings
     from service.errors import ConfigError
 
     try:
+        _logging(Settings.from_env().log_level)
         return int(args.fn(args))
     except ConfigError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)

@@ -68,6 +68,10 @@ class Settings:
     #: Address ``conveyor dev`` and ``conveyor api`` listen on.
     host: str = "127.0.0.1"
     port: int = 8000
+    #: gunicorn worker processes and threads per process of ``conveyor api``.
+    api_workers: int = 2
+    api_threads: int = 32
+    log_level: str = "INFO"
     #: Worker threads of the in-process worker under ``conveyor dev``.
     dev_worker_threads: int = 4
     #: Storage backend for file-producing jobs: ``local`` or ``supabase``.
@@ -119,6 +123,25 @@ class Settings:
     @property
     def embedded_store(self) -> bool:
         return self.redis_url == MEMORY_URL
+
+    def integration_notes(self) -> list[str]:
+        """One line per external integration: what it uses now, or what to set to turn it on (no secrets)."""
+        notes = []
+        if self.storage_backend == "supabase":
+            notes.append(f"storage: Supabase bucket {self.supabase_bucket!r} at {self.supabase_url}")
+        else:
+            notes.append(f"storage: local directory {self.storage_dir!r} (for Supabase set CONVEYOR_STORAGE_BACKEND="
+                         "supabase, CONVEYOR_SUPABASE_URL, CONVEYOR_SUPABASE_KEY, CONVEYOR_SUPABASE_BUCKET)")
+        if self.openai_api_key:
+            notes.append(f"images.generate: model {self.openai_image_model} at {self.openai_base_url or 'api.openai.com'}")
+        else:
+            notes.append("images.generate: off until CONVEYOR_OPENAI_API_KEY is set "
+                         "(CONVEYOR_OPENAI_BASE_URL for an OpenAI-compatible provider)")
+        notes.append(f"notify.email: SMTP {self.smtp_host}:{self.smtp_port} tls={self.smtp_tls} "
+                     "(CONVEYOR_SMTP_HOST/PORT/TLS/USER/PASSWORD/FROM)")
+        if not self.webhook_secret:
+            notes.append("notify.webhook and callbacks: unsigned until CONVEYOR_WEBHOOK_SECRET is set")
+        return notes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
