@@ -81,6 +81,8 @@ def cmd_api(args: argparse.Namespace) -> int:
             self.cfg.set("bind", f"{args.host or settings.host}:{args.port or settings.port}")
             self.cfg.set("workers", args.workers or settings.api_workers)
             self.cfg.set("threads", args.threads or settings.api_threads)
+            # A WebSocket or SSE client holds a thread and a connection: let every thread take one.
+            self.cfg.set("worker_connections", max(1000, (args.threads or settings.api_threads) + 100))
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 120)
             self.cfg.set("graceful_timeout", 20)
