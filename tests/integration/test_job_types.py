@@ -53,3 +53,46 @@ def test_a_real_worker_resizes_an_image_and_delivers_a_signed_webhook_and_callba
         assert callback.verified and callback.json["event"] == "job.succeeded"
         assert callback.json["job"]["id"] == resize["id"]
         assert callback.json["job"]["result"]["images"][0]["key"] == result["images"][0]["key"]
+
+
+def test_conveyor_dev_with_no_configuration_resizes_a_stored_image_on_local_storage(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.support.procs import free_port, wait_for
+
+    # Given `conveyor dev` started in an empty directory with no CONVEYOR_* variable at all
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    port = free_port()
+    upload = tmp_path / "var" / "storage" / "uploads" / "cat.png"
+    upload.parent.mkdir(parents=True)
+    Image.new("RGB", (640, 480), (200, 50, 50)).save(upload, "PNG")
+    log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "conveyor"), "dev", "--port", str(port)], env=env,
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "dev.log").read_text()
+            try:
+                return requests.get(base + "/health", timeout=1).status_code in (200, 503)
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, timeout=30, what="conveyor dev")
+        # When an images.resize job names the stored picture
+        job = submit(base, {"type": "images.resize", "payload": {
+            "key": "uploads/cat.png", "sizes": [{"width": 200, "height": 200, "name": "avatar"}]}})
+        wait_state(base, job["id"], "succeeded")
+        # Then the output is in ./var/storage, and the start-up log says what to set for OpenAI and Supabase
+        [item] = requests.get(f"{base}/api/jobs/{job['id']}/result", timeout=5).json()["result"]["images"]
+        out = Image.open(tmp_path / "var" / "storage" / item["key"])
+        assert (out.format, out.size) == ("JPEG", (200, 200))
+        startup = (tmp_path / "dev.log").read_text()
+        assert "CONVEYOR_OPENAI_API_KEY" in startup and "CONVEYOR_SUPABASE_URL" in startup
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
