@@ -37,7 +37,8 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its children, in MiB."""
     total = 0
-    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    pids = [pid] + [int(p) for p in children]
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
@@ -113,7 +114,7 @@ def bench_plain(vhost: str, n: int, threads: int, tmp: Path) -> dict[str, Any]:
         lat = []
         for i in range(200):
             bench_plain.noop.send({"i": i}, time.time())
-            wait_until(lambda: r.llen(key) >= i + 1, 30, poll=0.0005)
+            wait_until(lambda i=i: r.llen(key) >= i + 1, 30, poll=0.0005)
             time.sleep(0.005)
         lat = [float(x) * 1000 for x in r.lrange(key, 0, -1)]
         out["latency_ms_p50"] = round(pct(lat, 0.5), 2)
@@ -175,7 +176,7 @@ def bench_conveyor(vhost: str, n: int, threads: int, tmp: Path) -> dict[str, Any
             for _ in range(200):
                 job, _ = rt.jobs.submit(Submission("echo", {}))
                 ids.append(job.id)
-                wait_until(lambda: rt.store.get(job.id).state.value == "succeeded", 30, poll=0.0005)
+                wait_until(lambda job=job: rt.store.get(job.id).state.value == "succeeded", 30, poll=0.0005)
                 time.sleep(0.005)
             lat = []
             for job_id in ids:

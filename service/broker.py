@@ -85,7 +85,11 @@ def publish(broker: dramatiq.Broker, job: Job) -> None:
         broker.enqueue(job_message(job))
     except (DramatiqConnectionError, pika.exceptions.AMQPError, OSError) as exc:
         logger.warning("publish of job %s failed: %s", job.id, type(exc).__name__)
-        raise BackendUnavailable("the message broker (RabbitMQ) is unavailable", details={"backend": "broker"}) from exc
+        raise _broker_down() from exc
+
+
+def _broker_down() -> BackendUnavailable:
+    return BackendUnavailable("the message broker (RabbitMQ) is unavailable", details={"backend": "broker"})
 
 
 def queue_depths(broker: dramatiq.Broker, queues: list[str]) -> dict[str, dict[str, int]]:
@@ -102,7 +106,7 @@ def queue_depths(broker: dramatiq.Broker, queues: list[str]) -> dict[str, dict[s
                 main, delayed, dead = broker.get_queue_message_counts(name)  # type: ignore[attr-defined]
         except (DramatiqConnectionError, pika.exceptions.AMQPError, OSError) as exc:
             _reset_connection(broker)
-            raise BackendUnavailable("the message broker (RabbitMQ) is unavailable", details={"backend": "broker"}) from exc
+            raise _broker_down() from exc
         out[name] = {"ready": main, "delayed": delayed, "dead": dead}
     return out
 

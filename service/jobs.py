@@ -17,10 +17,10 @@ from dramatiq.results import ResultMissing
 from dramatiq.results.backends import RedisBackend
 
 from service.broker import publish
-from service.message import job_message
 from service.errors import InvalidPayload, InvalidTransition, JobNotFound, ResultNotReady
 from service.hooks import fire_final
 from service.job import Job, now_ms
+from service.message import job_message
 from service.registry import Registry
 from service.state import FINAL_STATES, JobState, Priority
 from service.store import JobStore
@@ -52,6 +52,10 @@ class Submission:
     trace_id: str | None = None
 
 
+def _int_between(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 class JobService:
     """The job facade over the store, the broker and the registry."""
 
@@ -72,12 +76,13 @@ class JobService:
             errors["priority"] = [str(exc)]
             priority = 0
         max_retries = jt.max_retries if sub.max_retries is None else sub.max_retries
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES_LIMIT:
+        if not _int_between(max_retries, 0, MAX_RETRIES_LIMIT):
             errors["max_retries"] = [f"must be an integer from 0 to {MAX_RETRIES_LIMIT}"]
         delay = sub.delay_ms or 0
-        if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_MS:
+        if not _int_between(delay, 0, MAX_DELAY_MS):
             errors["delay_ms"] = [f"must be an integer from 0 to {MAX_DELAY_MS}"]
-        if sub.idempotency_key is not None and not (isinstance(sub.idempotency_key, str) and 0 < len(sub.idempotency_key) <= 200):
+        key = sub.idempotency_key
+        if key is not None and not (isinstance(key, str) and 0 < len(key) <= 200):
             errors["idempotency_key"] = ["must be a string of 1 to 200 characters"]
         if errors:
             raise InvalidPayload("invalid job submission", details=errors)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema, ValidationError, missing
 
 from service.errors import InvalidPayload, PermanentJobError, UnknownJobType
 
@@ -94,8 +94,9 @@ def schema_fields(schema: type[Schema]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, f in schema().fields.items():
         entry: dict[str, Any] = {"type": type(f).__name__, "required": f.required}
-        if f.load_default is not None and not callable(f.load_default) and repr(f.load_default) != "<marshmallow.missing>":
-            entry["default"] = f.load_default
+        default = f.load_default
+        if default is not None and default is not missing and not callable(default):
+            entry["default"] = default
         if f.metadata.get("description"):
             entry["description"] = f.metadata["description"]
         out[f.data_key or name] = entry

@@ -159,7 +159,7 @@ class JobStore:
             "from": sorted(s.value for s in sources),
             "gen": generation,
             "now": now_ms(),
-            "set": {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in (set_fields or {}).items()},
+            "set": {k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in (set_fields or {}).items()},
             "incr": incr or {},
             "due_ms": due_ms,
             "unschedule": unschedule,
@@ -234,7 +234,7 @@ class JobStore:
             pipe = self.redis.pipeline(transaction=False)
             for member, _ in batch:
                 pipe.hgetall(self.keys.job(_decode(member)))
-            for (member, score), raw in zip(batch, pipe.execute(), strict=True):
+            for (_member, score), raw in zip(batch, pipe.execute(), strict=True):
                 high = f"({int(score)}"
                 if not raw:
                     continue  # expired record; the clean-up job drops its index entries

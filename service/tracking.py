@@ -34,7 +34,6 @@ from service.hooks import fire_final
 from service.job import now_ms
 from service.message import GEN_OPTION, job_from_message
 from service.state import JobState
-
 from service.store import TransitionResult
 
 if TYPE_CHECKING:
@@ -174,8 +173,9 @@ class JobTracking(Middleware):
         error_type = type(exc).__name__
         error_message = str(exc)[:2000]
         tb = "".join(traceback.format_exception(exc))[-8000:]
-        history = (job.history + [{"attempt": job.attempts, "error_type": error_type, "error_message": error_message[:300],
-                                   "at": now_ms()}])[-HISTORY_LEN:]
+        attempt = {"attempt": job.attempts, "error_type": error_type, "error_message": error_message[:300],
+                   "at": now_ms()}
+        history = (job.history + [attempt])[-HISTORY_LEN:]
         fields = {"error_type": error_type, "error_message": error_message, "error_traceback": tb, "history": history}
         if retryable and job.retries < job.max_retries and backoff is not None:
             if isinstance(exc, RetryJob) and exc.delay_s is not None:
@@ -212,7 +212,8 @@ class JobTracking(Middleware):
         self._stop.clear()
         loops: list[Callable[[threading.Event], None]] = [self._heartbeat_loop, self._cancel_loop, *self.background]
         for loop in loops:
-            t = threading.Thread(target=loop, args=(self._stop,), daemon=True, name=f"conveyor-{getattr(loop, '__name__', 'promoter')}")
+            name = f"conveyor-{getattr(loop, '__name__', 'promoter')}"
+            t = threading.Thread(target=loop, args=(self._stop,), daemon=True, name=name)
             t.start()
             self._threads.append(t)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, current_app, request
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from service.errors import InvalidPayload, UnknownJobType
 from service.jobs import DEFAULT_TENANT, Submission
@@ -16,6 +16,8 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 #: Most jobs one bulk request may carry.
 MAX_BULK = 1000
+#: Submission fields that the generate alias takes from the top level rather than the payload.
+ENVELOPE_FIELDS = ("priority", "max_retries", "delay_ms", "idempotency_key", "callback_url")
 #: Largest page of a listing.
 MAX_LIMIT = 500
 
@@ -69,7 +71,8 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
     try:
         return schema.load(data)  # type: ignore[no-any-return]
     except ValidationError as exc:
-        raise InvalidPayload("invalid request", details=exc.messages if isinstance(exc.messages, dict) else {"body": exc.messages}) from None
+        details = exc.messages if isinstance(exc.messages, dict) else {"body": exc.messages}
+        raise InvalidPayload("invalid request", details=details) from None
 
 
 def submission(data: Any, *, idempotency_key: str | None = None) -> Submission:
@@ -123,7 +126,7 @@ def generate_alias():  # type: ignore[no-untyped-def]
     body = json_body()
     if not isinstance(body, dict):
         raise InvalidPayload("expected a JSON object", details={"body": ["Not a JSON object."]})
-    envelope = {k: body.pop(k) for k in ("priority", "max_retries", "delay_ms", "idempotency_key", "callback_url") if k in body}
+    envelope = {k: body.pop(k) for k in ENVELOPE_FIELDS if k in body}
     job, created = rt.jobs.submit(submission({"type": "images.generate", "payload": body, **envelope},
                                              idempotency_key=request.headers.get("Idempotency-Key")))
     out = job.to_api()
