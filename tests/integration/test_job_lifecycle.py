@@ -151,3 +151,29 @@ def test_the_api_answers_503_not_500_while_redis_is_down(env, tmp_path):
         assert health.status_code == 503 and "redis" in health.json()["down"]
     finally:
         proc.stop()
+
+
+def test_a_job_that_keeps_killing_its_worker_is_failed_instead_of_looping(env, tmp_path):
+    from tests.support.procs import Proc, start_worker
+
+    modules = {"CONVEYOR_JOB_MODULES": "actors,tests.support.crash_actors", "CONVEYOR_MAX_CRASH_REDELIVERIES": "2"}
+    api_proc, base = start_api(env, tmp_path, **modules)
+    workers: list[Proc] = []
+    try:
+        job = submit(base, {"type": "test.crash"})
+        # Each delivery kills the worker; a supervisor (here: this loop) starts a new one.
+        for _ in range(6):
+            w = start_worker(env, tmp_path, threads=1, wait=False, modules=("tests.support.crash_actors",), **modules)
+            workers.append(w)
+            wait_for(lambda w=w: w.popen.poll() is not None
+                     or env.store().get(job["id"]).state.value == "failed", timeout=30, what="a crash")
+            if env.store().get(job["id"]).state.value == "failed":
+                break
+        done = env.store().get(job["id"])
+        assert done.state.value == "failed" and done.error_type == "WorkerCrashed"
+        assert done.attempts == 3  # the first run and 2 redeliveries, then no more
+        wait_for(lambda: any(job["id"] in m["payload"] for m in env.peek("default.XQ")), what="dead letter")
+    finally:
+        for w in workers:
+            w.stop()
+        api_proc.stop()

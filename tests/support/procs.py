@@ -65,6 +65,7 @@ class Env:
             "CONVEYOR_PROMOTE_INTERVAL_S": "0.05",
             "CONVEYOR_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(ROOT),  # so that test-only job modules (tests.support...) can be loaded
         })
         env.update(self.extra)
         env.update(overrides)
@@ -147,11 +148,11 @@ class Proc:
 
 
 def start_worker(env: Env, tmp: Path, *, threads: int = 4, processes: int = 1, wait: bool = True,
-                 **overrides: str) -> Proc:
+                 modules: tuple[str, ...] = (), **overrides: str) -> Proc:
     """`dramatiq actors` as the README says, waiting until it heartbeats."""
     before = set(env.store().live_workers()) if wait else set()
     log = tmp / f"worker-{uuid.uuid4().hex[:6]}.log"
-    proc = Proc([str(BIN / "dramatiq"), "actors", "--processes", str(processes), "--threads", str(threads)],
+    proc = Proc([str(BIN / "dramatiq"), "actors", *modules, "--processes", str(processes), "--threads", str(threads)],
                 env.environ(**overrides), log)
     if wait:
         wait_for(lambda: len(set(env.store().live_workers()) - before) >= processes or proc.popen.poll() is not None,
