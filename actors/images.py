@@ -150,8 +150,9 @@ class ThumbnailSchema(SourceSchema):
 def _fetch(url: str, s: Settings, what: str) -> bytes:
     """GET ``url`` through the guarded helper, mapping failures to retry-or-fail."""
     try:
-        return http.request("GET", url, timeout_s=s.http_timeout_s, max_redirects=s.http_max_redirects,
-                            max_bytes=min(s.http_max_response_bytes, s.image_max_input_bytes)).raise_for_status().content
+        resp = http.request("GET", url, timeout_s=s.http_timeout_s, max_redirects=s.http_max_redirects,
+                            max_bytes=min(s.http_max_response_bytes, s.image_max_input_bytes))
+        return resp.raise_for_status().content
     except http.HTTPStatusError as exc:
         if exc.retryable:
             raise RetryJob(f"{what}: {exc}", delay_s=exc.retry_after_s) from None

@@ -194,7 +194,8 @@ def test_a_decompression_bomb_or_an_oversized_input_fails_the_job_at_once(rt, mo
 
 def test_a_missing_source_fails_and_an_unavailable_one_is_retried(worker, client, storage_dir, files):
     missing_key = submit(client, "images.resize", {"key": "nope/none.png", "sizes": [{"width": 1, "height": 1}]})
-    missing_url = submit(client, "images.resize", {"url": files.url + "/none.png", "sizes": [{"width": 1, "height": 1}]})
+    missing_url = submit(client, "images.resize", {"url": files.url + "/none.png",
+                                                   "sizes": [{"width": 1, "height": 1}]})
     flaky = submit(client, "images.resize", {"url": files.url + "/status/503", "sizes": [{"width": 1, "height": 1}]},
                    max_retries=1)
     for job in (missing_key, missing_url):

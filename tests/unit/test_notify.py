@@ -83,8 +83,8 @@ def test_a_webhook_that_times_out_is_retried(rt, monkeypatch, worker, client, re
 
 
 def test_webhook_payloads_are_checked_at_submit(client):
-    for bad in ({"url": "file:///etc/passwd"}, {"url": "http://127.0.0.1/x", "headers": {"X-Conveyor-Signature": "v1=0"}},
-                {"body": {}}):
+    for bad in ({"url": "file:///etc/passwd"}, {"body": {}},
+                {"url": "http://127.0.0.1/x", "headers": {"X-Conveyor-Signature": "v1=0"}}):
         r = client.post("/api/jobs", json={"type": "notify.webhook", "payload": bad})
         assert r.status_code == 400, bad
 

@@ -8,7 +8,13 @@ import requests
 
 from service.config import Settings
 from service.storage import (
-    InvalidKey, LocalStorage, ObjectNotFound, StorageError, StorageUnavailable, SupabaseStorage, storage_for,
+    InvalidKey,
+    LocalStorage,
+    ObjectNotFound,
+    StorageError,
+    StorageUnavailable,
+    SupabaseStorage,
+    storage_for,
 )
 from tests.support.fake_supabase import FakeSupabase
 
