@@ -171,7 +171,7 @@ def _smtp(s: Settings) -> smtplib.SMTP:
     mode = s.smtp_tls.strip().lower()
     if mode not in ("none", "starttls", "ssl"):
         raise PermanentJobError("CONVEYOR_SMTP_TLS must be none, starttls or ssl")
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=s.smtp_ca_file or None)
     if mode == "ssl":
         conn: smtplib.SMTP = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s, context=context)
     else:

@@ -103,6 +103,8 @@ class Settings:
     #: ``none``, ``starttls`` or ``ssl`` (implicit TLS, usually port 465).
     smtp_tls: str = "none"
     smtp_from: str = "conveyor@localhost"
+    #: CA bundle (PEM) that signs the SMTP server's certificate, for private relays; empty: the system CAs.
+    smtp_ca_file: str = ""
     smtp_timeout_s: float = 30.0
     #: HMAC-SHA256 key of webhook and callback signatures; empty: webhooks are sent unsigned.
     webhook_secret: str = _secret()

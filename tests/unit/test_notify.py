@@ -107,6 +107,21 @@ def test_an_email_is_sent_as_plain_text_with_an_html_alternative(rt, monkeypatch
     assert "s3cret" not in json.dumps(done)
 
 
+def test_an_email_goes_over_starttls_with_credentials_when_configured(rt, monkeypatch, worker, client, tmp_path):
+    with SMTPServer(user="mailer", password="s3cret", tls_dir=tmp_path) as smtp:
+        use_settings(rt, monkeypatch, smtp_port=smtp.port, smtp_tls="starttls", smtp_ca_file=smtp.ca_file,
+                     smtp_user="mailer", smtp_password="s3cret")
+        job = submit(client, "notify.email", {"to": ["a@example.com"], "subject": "over TLS", "text": "t"})
+        done = wait_final(client, job["id"])
+        assert done["state"] == "succeeded", done
+        assert smtp.messages[0].message["Subject"] == "over TLS"
+        # without trusting its certificate the client refuses the server (and retries later)
+        use_settings(rt, monkeypatch, smtp_ca_file="")
+        job = submit(client, "notify.email", {"to": ["a@example.com"], "subject": "s", "text": "t"}, max_retries=0)
+        done = wait_final(client, job["id"])
+        assert done["state"] == "failed" and "SSLCertVerificationError" in done["error"]["message"]
+
+
 def test_wrong_smtp_credentials_fail_the_email_without_retries(rt, monkeypatch, worker, client):
     with SMTPServer(user="mailer", password="right") as smtp:
         use_settings(rt, monkeypatch, smtp_port=smtp.port, smtp_user="mailer", smtp_password="wrong")
