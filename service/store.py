@@ -211,7 +211,7 @@ class JobStore:
         return _decode(self.redis.hget(self.keys.job(job_id), "cancel_requested") or b"0") == "1"
 
     @_wrap_redis
-    def list(
+    def list_jobs(
         self,
         tenant: str,
         *,

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.middleware.threading import raise_thread_exception
 
@@ -84,7 +85,7 @@ class JobTracking(Middleware):
 
     # -- before ---------------------------------------------------------------------------------------
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         gen = message.options.get(GEN_OPTION)
         if gen is None:
             return  # a plain Dramatiq send: run it untracked
@@ -104,7 +105,7 @@ class JobTracking(Middleware):
             if not result.ok and result.reason == "not_found":
                 # Redis lost the record (restarted without persistence): rebuild it from the message.
                 logger.warning("job %s has no record; recreating it from its message", job_id)
-                self._retrying(lambda: self.store.create(job_from_message(message)))
+                self._retrying(lambda: self.store.create(job_from_message(message._message)))
                 result = self._retrying(start)
         except BackendUnavailable:
             logger.critical("job store unreachable; dead-lettering message %s of job %s", message.message_id, job_id)
@@ -130,7 +131,7 @@ class JobTracking(Middleware):
 
     # -- after ----------------------------------------------------------------------------------------
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+    def after_process_message(self, broker: dramatiq.Broker, message: MessageProxy, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
         gen = message.options.get(GEN_OPTION)
         if gen is None:
@@ -139,6 +140,7 @@ class JobTracking(Middleware):
         with self._lock:
             self._running.pop(job_id, None)
         clear_current()
+        res: TransitionResult | None
         try:
             if exception is None:
                 res = self._retrying(lambda: self.store.transition(
@@ -159,7 +161,7 @@ class JobTracking(Middleware):
         except Exception:  # Dramatiq swallows hook errors; say so loudly.
             logger.exception("JobTracking failed to record the end of job %s", job_id)
 
-    def _after_failure(self, message: dramatiq.Message, job_id: str, gen: int,
+    def _after_failure(self, message: MessageProxy, job_id: str, gen: int,
                        exc: BaseException) -> TransitionResult | None:
         job = self._retrying(lambda: self.store.get(job_id))
         if job is None:
@@ -203,7 +205,7 @@ class JobTracking(Middleware):
         return self._retrying(lambda: self.store.transition(
             job_id, JobState.FAILED, from_={JobState.RUNNING}, generation=gen, set_fields=fields))
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         clear_current()
 
     # -- worker lifetime: heartbeat, cancel listener, background loops (the promoter) -----------------

@@ -137,7 +137,7 @@ def generate_alias():  # type: ignore[no-untyped-def]
 @bp.get("/jobs")
 def list_jobs():  # type: ignore[no-untyped-def]
     q = load(ListQuerySchema(), request.args.to_dict())
-    jobs, cursor = runtime().store.list(tenant(), state=q["state"], type=q["type"], queue=q["queue"],
+    jobs, cursor = runtime().store.list_jobs(tenant(), state=q["state"], type=q["type"], queue=q["queue"],
                                         limit=q["limit"], cursor=q["cursor"])
     return {"jobs": [j.to_api() for j in jobs], "next_cursor": cursor}
 

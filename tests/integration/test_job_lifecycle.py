@@ -134,7 +134,7 @@ def test_submitting_while_the_broker_is_down_is_a_503_that_leaves_nothing(env, t
         assert r.status_code == 503 and r.json()["error"] == "backend_unavailable", r.text
         assert time.monotonic() - t0 < 10
         assert "guest" not in r.text  # no credentials in errors
-        assert not any(j.payload == {"lost": True} for j in env.store().list("default", limit=500)[0])
+        assert not any(j.payload == {"lost": True} for j in env.store().list_jobs("default", limit=500)[0])
         health = requests.get(f"{base}/health", timeout=10)
         assert health.status_code == 503 and "broker" in health.json()["down"]
     finally:

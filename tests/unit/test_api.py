@@ -201,7 +201,7 @@ def test_a_broker_outage_at_submit_is_a_503_and_leaves_no_job(client, clean, mon
     r = client.post("/api/jobs", json={"type": "echo", "payload": {}}, headers={"Idempotency-Key": "k"})
     assert r.status_code == 503 and r.get_json()["error"] == "backend_unavailable"
     assert clean.redis.keys(clean.store.keys.job("*")) == []
-    assert clean.store.list("default")[0] == [] and clean.store.counts()["default"]["queued"] == 0
+    assert clean.store.list_jobs("default")[0] == [] and clean.store.counts()["default"]["queued"] == 0
     monkeypatch.undo()
     assert submit(client, {"type": "echo", "payload": {}}, headers={"Idempotency-Key": "k"})["state"] == "queued"
 
@@ -209,7 +209,7 @@ def test_a_broker_outage_at_submit_is_a_503_and_leaves_no_job(client, clean, mon
 def test_bulk_submission_is_all_or_nothing_on_bad_input(client, clean):
     r = client.post("/api/jobs/bulk", json={"jobs": [{"type": "echo"}, {"type": "sleep", "payload": {}}]})
     assert r.status_code == 400 and "1" in r.get_json()["details"]["jobs"]
-    assert clean.store.list("default")[0] == []
+    assert clean.store.list_jobs("default")[0] == []
     r = client.post("/api/jobs/bulk", json={"jobs": [{"type": "echo"}, {"type": "echo", "priority": "high"}]})
     assert r.status_code == 202 and [j["priority"] for j in r.get_json()["jobs"]] == [5, 8]
 

@@ -88,15 +88,15 @@ def test_listing_is_newest_first_filtered_and_paginated(clean):
     for i in range(7):
         make_job(rt, id=f"j{i}")
     rt.store.transition("j3", JobState.CANCELLED)
-    page, cursor = rt.store.list("default", limit=3)
+    page, cursor = rt.store.list_jobs("default", limit=3)
     assert [j.id for j in page] == ["j6", "j5", "j4"]
-    page2, cursor2 = rt.store.list("default", limit=3, cursor=cursor)
+    page2, cursor2 = rt.store.list_jobs("default", limit=3, cursor=cursor)
     assert [j.id for j in page2] == ["j3", "j2", "j1"]
-    page3, cursor3 = rt.store.list("default", limit=3, cursor=cursor2)
+    page3, cursor3 = rt.store.list_jobs("default", limit=3, cursor=cursor2)
     assert [j.id for j in page3] == ["j0"] and cursor3 is None
-    cancelled, _ = rt.store.list("default", state="cancelled", type="echo")
+    cancelled, _ = rt.store.list_jobs("default", state="cancelled", type="echo")
     assert [j.id for j in cancelled] == ["j3"]
-    assert rt.store.list("other-tenant")[0] == []
+    assert rt.store.list_jobs("other-tenant")[0] == []
 
 
 def test_claiming_due_entries_gives_each_entry_to_one_promoter(clean):
@@ -123,6 +123,6 @@ def test_the_purge_drops_index_entries_and_counts_of_expired_jobs(clean):
     rt.store.transition("old", JobState.CANCELLED)
     rt.redis.delete(rt.store.keys.job("old"))  # as if its TTL ran out
     assert purge_expired(rt.store) == 1
-    assert [j.id for j in rt.store.list("default")[0]] == ["new"]
+    assert [j.id for j in rt.store.list_jobs("default")[0]] == ["new"]
     assert rt.store.counts()["default"]["cancelled"] == 0
     assert rt.redis.zcard(rt.store.keys.index("default", "type", "echo")) == 1
