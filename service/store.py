@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import redis
 
 from service.config import Settings
-from service.errors import BackendUnavailable
+from service.errors import BackendUnavailable, InvalidPayload
 from service.job import Job, now_ms
 from service.keys import Keys
 from service.state import JobState, allowed_sources
@@ -28,6 +29,9 @@ __all__ = ["JobStore", "TransitionResult", "Event"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: What a Redis stream entry id (an event id) looks like: "<ms>-<seq>" or "<ms>".
+EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,10 @@ class JobStore:
 
     @_wrap_redis
     def job_events(self, job_id: str, after: str = "-", count: int | None = None) -> list[Event]:
-        """That job's events after ``after`` (an event id, exclusive; "-" for all)."""
+        """That job's events after ``after`` (an event id, exclusive; "-" for all). Raises InvalidPayload
+        for something that is not an event id."""
+        if after not in ("-", "") and not EVENT_ID.match(after):
+            raise InvalidPayload("since must be an event id such as '1712345678901-0'", details={"since": ["Invalid."]})
         start = f"({after}" if after not in ("-", "0", "") else "-"
         rows = self.redis.xrange(self.keys.job_events(job_id), min=start, max="+", count=count)
         return [Event(_decode(eid), {_decode(k): _decode(v) for k, v in f.items()}) for eid, f in rows]

@@ -177,6 +177,13 @@ def test_unknown_jobs_and_routes_are_json_404s(client):
         assert r.status_code == 404 and r.is_json and r.get_json()["error"]
 
 
+def test_a_malformed_since_is_a_400_not_a_500(client):
+    job = submit(client, {"type": "echo", "payload": {}})
+    r = client.get(f"/api/jobs/{job['id']}/events?since=yesterday")
+    assert r.status_code == 400 and r.get_json()["details"] == {"since": ["Invalid."]}
+    assert [e["state"] for e in client.get(f"/api/jobs/{job['id']}/events").get_json()["events"]] == ["queued"]
+
+
 def test_a_result_is_409_until_the_job_succeeded(client, clean):
     job = submit(client, {"type": "echo", "payload": {}})
     r = client.get(f"/api/jobs/{job['id']}/result")
