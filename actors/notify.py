@@ -16,6 +16,7 @@ import logging
 import smtplib
 import ssl
 import time
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
@@ -238,8 +239,10 @@ def callback_body(job: Any, state: JobState, result: Any = None) -> dict[str, An
 
 
 @on_final
-def deliver_callback(job_id: str, state: JobState) -> None:
+def deliver_callback(job_id: str, state: JobState, options: Mapping[str, Any]) -> None:
     """Final-state hook: submit a signed ``notify.webhook`` to the job's ``callback_url``, if it has one."""
+    if not options.get("callback_url"):
+        return  # most jobs: no Redis read at all
     rt = get_runtime()
     job = rt.store.get(job_id)
     if job is None:

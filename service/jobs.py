@@ -157,7 +157,7 @@ class JobService:
             res = self.store.transition(job_id, JobState.CANCELLED, from_={JobState.QUEUED, JobState.SCHEDULED,
                                         JobState.RETRYING}, set_fields={"finished_at": now_ms()}, unschedule=True)
             if res.ok:
-                fire_final(job_id, JobState.CANCELLED)
+                fire_final(job_id, JobState.CANCELLED, job.options)
                 return self.get(job_id, tenant)
         # It moved under us (started or finished): answer from what it is now.
         job = self.get(job_id, tenant)

@@ -21,6 +21,8 @@ GEN_OPTION = "conveyor_gen"
 #: Message options that let a worker rebuild a lost record.
 TENANT_OPTION = "conveyor_tenant"
 RETRIES_OPTION = "conveyor_max_retries"
+#: Message option carrying the job's submission options (``callback_url``), for final-state hooks.
+OPTIONS_OPTION = "conveyor_options"
 
 
 def job_message(job: Job) -> dramatiq.Message[Any]:
@@ -31,7 +33,7 @@ def job_message(job: Job) -> dramatiq.Message[Any]:
         args=(job.payload,),
         kwargs={},
         options={GEN_OPTION: job.generation, "broker_priority": job.priority, TENANT_OPTION: job.tenant,
-                 RETRIES_OPTION: job.max_retries},
+                 RETRIES_OPTION: job.max_retries, OPTIONS_OPTION: job.options},
         message_id=job.id,
         message_timestamp=now_ms(),
     )
@@ -45,7 +47,7 @@ def job_from_message(message: dramatiq.Message[Any]) -> Job:
         id=message.message_id, type=message.actor_name, queue=message.queue_name.removesuffix(".DQ"),
         tenant=str(message.options.get(TENANT_OPTION, "default")),
         priority=int(message.options.get("broker_priority") or 0), payload=payload,
-        options={"recovered": True}, state=JobState.QUEUED,
+        options={**message.options.get(OPTIONS_OPTION, {}), "recovered": True}, state=JobState.QUEUED,
         max_retries=int(message.options.get(RETRIES_OPTION, 0)), generation=int(message.options[GEN_OPTION]),
         created_at=int(message.message_timestamp or now), updated_at=now,
     )

@@ -33,7 +33,7 @@ from service.context import JobContext, clear_current, set_current
 from service.errors import BackendUnavailable, JobCancelled, RetryJob
 from service.hooks import fire_final
 from service.job import now_ms
-from service.message import GEN_OPTION, job_from_message
+from service.message import GEN_OPTION, OPTIONS_OPTION, job_from_message
 from service.state import JobState
 from service.store import TransitionResult
 
@@ -117,7 +117,7 @@ class JobTracking(Middleware):
                              f"the worker running this job died {self.max_crash_redeliveries} times", "")
             message.fail()
             if res.ok:
-                fire_final(job_id, JobState.FAILED)
+                fire_final(job_id, JobState.FAILED, message.options.get(OPTIONS_OPTION, {}))
             raise SkipMessage()
         if not result.ok:
             logger.info("skipping message of job %s (gen %s): %s (state=%s, gen=%s)",
@@ -153,7 +153,7 @@ class JobTracking(Middleware):
             else:
                 res = self._after_failure(message, job_id, gen, exception)
             if res is not None and res.ok and res.state is not None and res.state.is_final:
-                fire_final(job_id, res.state)
+                fire_final(job_id, res.state, message.options.get(OPTIONS_OPTION, {}))
         except BackendUnavailable:
             # The state could not be written: keep the message for operators rather than lose it.
             logger.critical("job store unreachable after job %s ran; dead-lettering its message", job_id)
