@@ -217,8 +217,9 @@ async def _fanout(base: str, sockets: int, rate: float, seconds: float) -> dict[
         conns.extend(batch)
     for c in conns:
         await c.send('{"action":"subscribe","channel":"jobs"}')
+    refused = 0
     for c in conns:
-        await c.recv()
+        refused += '"op":"subscribed"' not in await c.recv()
     connect_s = time.perf_counter() - t0
     delays: list[float] = []
     per_socket = [0] * len(conns)
@@ -244,7 +245,8 @@ async def _fanout(base: str, sockets: int, rate: float, seconds: float) -> dict[
     failures = [r for r in await asyncio.gather(*tasks, return_exceptions=True) if isinstance(r, BaseException)]
     received = sum(per_socket)
     expected = len(accepted) * 3 * sockets  # queued, running, succeeded per job on every socket
-    return {"sockets": sockets, "connect_and_subscribe_s": round(connect_s, 2), "jobs_per_s": rate,
+    return {"sockets": sockets, "connect_and_subscribe_s": round(connect_s, 2),
+            "subscribe_refused": refused, "jobs_per_s": rate,
             "events_per_s": rate * 3, "frames_per_s": rate * 3 * sockets, "seconds": seconds,
             "jobs": len(accepted), "frames_expected": expected, "frames_received": received,
             "sockets_closed_by_server": closed_early, "client_errors": [repr(f) for f in failures[:3]],

@@ -203,15 +203,21 @@ class Feed:
         (state counts now, then on change)."""
         since = _checked_since(since)
         if name == "stats":
+            self._stats_seen, text = self.hub.stats(self.tenant)
             self._stats = True
             self.hub._watch_stats(self)
-            self._stats_seen, text = self.hub.stats(self.tenant)
             return [Frame(_dumps({"op": "subscribed", "channel": "stats"})), Frame(text)]
         if name != "jobs":
             raise InvalidPayload(f"unknown channel {name!r}; expected one of {sorted(CHANNELS)}",
                                  details={"channel": ["Unknown."]})
+        fresh = self._all_jobs is None
         self.hub._watch_tenant(self)
-        view = self.hub._read_channel(since)
+        try:
+            view = self.hub._read_channel(since)
+        except Exception:
+            if fresh:
+                self.hub._unwatch_tenant(self)
+            raise
         self._all_jobs = parse_event_id(_newest_str(view.last_id, since) or "0-0")
         mine = [e for e in view.rows if e.fields.get("tenant") == self.tenant]
         head = Frame(_dumps({"op": "subscribed", "channel": "jobs", "event_id": view.last_id, "gap": view.gap}))
@@ -272,10 +278,13 @@ def _newest_str(a: str | None, b: str | None) -> str | None:
 class LiveHub:
     """The per-process fan-out of the event stream. Start it with :meth:`start` (idempotent)."""
 
-    def __init__(self, store: JobStore, reader: redis.Redis, *, buffer_events: int = 1000,
-                 stats_interval_s: float = 1.0, block_ms: int = 1000) -> None:
+    def __init__(self, store: JobStore, reader: redis.Redis, *, snapshots: redis.Redis | None = None,
+                 buffer_events: int = 1000, stats_interval_s: float = 1.0, block_ms: int = 1000) -> None:
         self.store = store
         self.keys = store.keys
+        #: Client for the snapshot and replay reads of subscriptions (a bounded, waiting pool is best:
+        #: many clients may (re)subscribe at the same moment).
+        self.snapshots = snapshots or store.redis
         self.buffer_events = buffer_events
         self.stats_interval_s = stats_interval_s
         self._reader = reader
@@ -371,7 +380,7 @@ class LiveHub:
                      ) -> tuple[list[Any], _StreamView]:
         """In one MULTI: the ``before`` reads (e.g. the record), then XINFO and XRANGE after ``since``."""
         try:
-            pipe = self.store.redis.pipeline(transaction=True)
+            pipe = self.snapshots.pipeline(transaction=True)
             for name in before:
                 pipe.hgetall(name)
             pipe.xinfo_stream(key)
@@ -379,6 +388,7 @@ class LiveHub:
                 pipe.xrange(key, min=f"({since}", max="+", count=count)
             out = pipe.execute(raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logger.warning("live: reading %s failed: %r", key, exc)
             raise BackendUnavailable("the job store (Redis) is unavailable", details={"backend": "redis"}) from exc
         pre, info = out[: len(before)], out[len(before)]
         rows = out[len(before) + 1] if since is not None else []

@@ -34,9 +34,10 @@ _runtime: Runtime | None = None
 _fake_server = None
 
 
-def redis_client(settings: Settings, *, blocking: bool = False) -> redis.Redis:
+def redis_client(settings: Settings, *, blocking: bool = False, pool_size: int | None = None) -> redis.Redis:
     """A Redis client: fakeredis on one process-wide FakeServer when embedded. ``blocking`` clients have
-    no socket timeout, for XREAD BLOCK and pub/sub readers."""
+    no socket timeout, for XREAD BLOCK and pub/sub readers. With ``pool_size``, a caller waits (up to the
+    I/O timeout) for one of that many connections instead of failing when all are in use."""
     global _fake_server
     if settings.embedded_store:
         import fakeredis
@@ -45,6 +46,11 @@ def redis_client(settings: Settings, *, blocking: bool = False) -> redis.Redis:
             _fake_server = fakeredis.FakeServer()
         return fakeredis.FakeRedis(server=_fake_server)
     timeout = None if blocking else settings.io_timeout_s
+    if pool_size is not None:
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=pool_size, timeout=settings.io_timeout_s, socket_timeout=timeout,
+            socket_connect_timeout=settings.io_timeout_s, health_check_interval=30)
+        return redis.Redis(connection_pool=pool)
     return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
                                 socket_connect_timeout=settings.io_timeout_s, health_check_interval=30)
 

@@ -18,10 +18,12 @@ Close codes: 1000 normal, 1008 ping/pong timeout, 1009 message too big, 4001 too
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import select
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("live", __name__, url_prefix="/api")
 sock = Sock()
 
+#: Redis connections for subscription snapshots and replays; more concurrent subscribes wait their turn.
+SNAPSHOT_POOL_SIZE = 32
 #: Seconds a dropped (too slow) client gets to take its close frame before its socket is shut down.
 SLOW_CLOSE_GRACE_S = 5.0
 #: Seconds between SSE keep-alive comments.
@@ -60,7 +64,8 @@ def init_app(app: Flask) -> None:
         "ping_interval": settings.live_ping_interval_s,
         "max_message_size": settings.ws_max_message_bytes,
     })
-    app.extensions["conveyor.live"] = LiveHub(rt.store, redis_client(settings, blocking=True),
+    snapshots = None if settings.embedded_store else redis_client(settings, pool_size=SNAPSHOT_POOL_SIZE)
+    app.extensions["conveyor.live"] = LiveHub(rt.store, redis_client(settings, blocking=True), snapshots=snapshots,
                                               buffer_events=settings.live_buffer_events,
                                               stats_interval_s=settings.live_stats_interval_s)
     app.register_blueprint(bp)
@@ -74,6 +79,9 @@ def live_hub() -> LiveHub:
 def before_live_request() -> None:
     # Fail before the WebSocket upgrade, with an ordinary JSON error: Redis down -> 503, unknown job -> 404.
     live_hub().start()
+    # Messages are small JSON: per-connection compression would cost more CPU than it saves, and without
+    # it one encoded frame can be written to every subscriber (see _send).
+    request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     if request.endpoint == "live.job_ws_route":
         job_id = (request.view_args or {}).get("job_id", "")
         if live_hub().store.get(job_id, tenant()) is None:
@@ -119,8 +127,31 @@ def serve(ws: Any, first: dict[str, Any] | None = None) -> None:
 
 
 def _send(ws: Any, frames: list[Frame]) -> None:
-    for frame in frames:
-        ws.send(frame.data)
+    if not frames:
+        return
+    proto = getattr(getattr(ws.ws, "connection", None), "_proto", None)  # wsproto's frame protocol
+    if proto is None or proto.extensions:  # an extension was negotiated after all: let wsproto frame it
+        for frame in frames:
+            ws.send(frame.data)
+        return
+    if not ws.connected:
+        ws.send("")  # raises ConnectionClosed
+    ws.sock.sendall(b"".join(_encoded(frame.data) for frame in frames))
+
+
+@functools.lru_cache(maxsize=4096)
+def _encoded(text: str) -> bytes:
+    """A server-to-client text frame (unmasked, unfragmented): the same bytes for every subscriber, so a
+    live event fanned out to many sockets is encoded once (its text object is shared by their buffers)."""
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        head = struct.pack("!BB", 0x81, n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, n)
+    return head + data
 
 
 def _shut_later(ws: Any) -> None:
@@ -258,3 +289,4 @@ def _sse(frame: Frame) -> str:
     # The snapshot carries no id, so that Last-Event-ID only ever names an event the client received.
     head = f"id: {frame.event_id}\n" if frame.event_id else ""
     return f"{head}data: {frame.data}\n\n"
+
