@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10, help="length of the latency run")
     parser.add_argument("--sockets", type=int, default=1000, help="WebSockets for the fan-out run")
     parser.add_argument("--fanout-rate", type=float, action="append",
-                        help="jobs/s during the fan-out run (repeatable; default 2 and 5)")
+                        help="jobs/s during the fan-out run (repeatable; default 0.5, 2 and 5)")
     parser.add_argument("--fanout-seconds", type=float, default=10)
     parser.add_argument("--worker-processes", type=int, default=1)
     parser.add_argument("--worker-threads", type=int, default=8)
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         results["latency"] = bench_latency(stack.base, args.rate, args.seconds)
         print(json.dumps(results["latency"], indent=1), flush=True)
         results["fanout"] = []
-        for rate in args.fanout_rate or [2.0, 5.0]:
+        for rate in args.fanout_rate or [0.5, 2.0, 5.0]:
             print(f"fan-out: {args.sockets} sockets, {rate} jobs/s for {args.fanout_seconds}s ...", flush=True)
             run = asyncio.run(_fanout(stack.base, args.sockets, rate, args.fanout_seconds))
             results["fanout"].append(run)
