@@ -63,6 +63,8 @@ class Settings:
     ws_max_message_bytes: int = 64 * 1024
     #: Largest accepted request body.
     max_body_bytes: int = 1024 * 1024
+    #: Redis connections a process opens at most; a caller beyond that waits (up to io_timeout_s) for one.
+    redis_max_connections: int = 256
     #: Timeout for broker and Redis operations on the request path.
     io_timeout_s: float = 5.0
     #: Address ``conveyor dev`` and ``conveyor api`` listen on.

@@ -25,7 +25,7 @@ from service.registry import Registry, registry
 from service.store import JobStore
 from service.tracking import JobTracking
 
-__all__ = ["Runtime", "configure", "get_runtime", "redis_client"]
+__all__ = ["Runtime", "configure", "get_runtime", "redis_client", "store_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,12 @@ def redis_client(settings: Settings, *, blocking: bool = False, pool_size: int |
         return redis.Redis(connection_pool=pool)
     return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
                                 socket_connect_timeout=settings.io_timeout_s, health_check_interval=30)
+
+
+def store_client(settings: Settings) -> redis.Redis:
+    """The process's shared Redis client: a waiting pool, since redis-py's default pool raises
+    MaxConnectionsError past 100 connections, which a busy api (or a worker with many threads) would hit."""
+    return redis_client(settings, pool_size=settings.redis_max_connections)
 
 
 @dataclass
@@ -84,7 +90,7 @@ def configure(settings: Settings | None = None) -> Runtime:
         if _runtime is not None:
             return _runtime
         settings = settings or Settings.from_env()
-        client = redis_client(settings)
+        client = store_client(settings)
         store = JobStore(client, settings)
         backend = RedisBackend(client=client, namespace=f"{settings.key_prefix}-results")
         tracking = JobTracking(store, registry, max_crash_redeliveries=settings.max_crash_redeliveries)
