@@ -137,7 +137,8 @@ class Settings:
             notes.append(f"storage: local directory {self.storage_dir!r} (for Supabase set CONVEYOR_STORAGE_BACKEND="
                          "supabase, CONVEYOR_SUPABASE_URL, CONVEYOR_SUPABASE_KEY, CONVEYOR_SUPABASE_BUCKET)")
         if self.openai_api_key:
-            notes.append(f"images.generate: model {self.openai_image_model} at {self.openai_base_url or 'api.openai.com'}")
+            where = self.openai_base_url or "api.openai.com"
+            notes.append(f"images.generate: model {self.openai_image_model} at {where}")
         else:
             notes.append("images.generate: off until CONVEYOR_OPENAI_API_KEY is set "
                          "(CONVEYOR_OPENAI_BASE_URL for an OpenAI-compatible provider)")

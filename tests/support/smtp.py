@@ -6,8 +6,8 @@ import email
 import email.policy
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
