@@ -22,7 +22,7 @@ from dramatiq.results.backends import RedisBackend
 from service.config import Settings
 from service.errors import BackendUnavailable
 from service.job import Job
-from service.message import job_message
+from service.message import GEN_OPTION, job_message
 
 __all__ = ["build_broker", "publish", "queue_depths", "ping"]
 
@@ -58,13 +58,34 @@ class Prefetch(Middleware):
         worker.delay_prefetch = min(worker.delay_prefetch, 10 * worker.worker_threads)
 
 
+class PlainResults(Results):
+    """Dramatiq's Results middleware for plain actors only.
+
+    A Conveyor job's result is written by JobTracking in the same Lua step as ``succeeded`` (same key and
+    encoding, so ``RedisBackend.get_result`` reads it). Dramatiq's own middleware would also store ``None``
+    for every *skipped* message, so a duplicate delivery of a finished job would wipe its result.
+    """
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):  # type: ignore[no-untyped-def]
+        if GEN_OPTION not in message.options:
+            super().after_process_message(broker, message, result=result, exception=exception)
+
+    def after_skip_message(self, broker, message):  # type: ignore[no-untyped-def]
+        if GEN_OPTION not in message.options:
+            super().after_skip_message(broker, message)
+
+    def after_nack(self, broker, message):  # type: ignore[no-untyped-def]
+        if GEN_OPTION not in message.options:
+            super().after_nack(broker, message)
+
+
 def build_broker(settings: Settings, tracking: Middleware, backend: RedisBackend) -> dramatiq.Broker:
     """Build the broker with Conveyor's middleware and make it Dramatiq's global broker."""
     middleware: list[Middleware] = [
         TimeLimit(),
         ShutdownNotifications(),
         tracking,
-        Results(backend=backend, result_ttl=settings.result_ttl_s * 1000),
+        PlainResults(backend=backend, result_ttl=settings.result_ttl_s * 1000),
     ]
     broker: dramatiq.Broker
     if settings.embedded_broker:

@@ -166,7 +166,7 @@ def job_type(
 
         run.__name__ = fn.__name__
         jt.actor = dramatiq.actor(
-            run, actor_name=name, queue_name=queue, store_results=True, time_limit=int(time_limit_s * 1000),
+            run, actor_name=name, queue_name=queue, time_limit=int(time_limit_s * 1000),
         )
         return registry.add(jt)
 

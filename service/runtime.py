@@ -93,7 +93,8 @@ def configure(settings: Settings | None = None) -> Runtime:
         client = store_client(settings)
         store = JobStore(client, settings)
         backend = RedisBackend(client=client, namespace=f"{settings.key_prefix}-results")
-        tracking = JobTracking(store, registry, max_crash_redeliveries=settings.max_crash_redeliveries)
+        tracking = JobTracking(store, registry, backend, result_ttl_ms=settings.result_ttl_s * 1000,
+                               max_crash_redeliveries=settings.max_crash_redeliveries)
         broker = build_broker(settings, tracking, backend)
         # Every worker process also promotes due jobs, so retries fire even without `conveyor scheduler`.
         tracking.background.append(functools.partial(promoter_loop, store, broker, settings.promote_interval_s))

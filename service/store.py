@@ -148,10 +148,12 @@ class JobStore:
         unschedule: bool = False,
         max_crash: int | None = None,
         kind: str = "state",
+        result: tuple[str, str, int] | None = None,
     ) -> TransitionResult:
         """Move ``job_id`` to ``to`` if its state is one of ``from_`` (default: every legal source) and,
         when ``generation`` is given, if the record is on that generation. Updates record, indexes,
         counters, schedule and events at once. Final states get the job TTL; others lose any TTL.
+        ``result`` = (key, encoded value, ttl_ms) is written to the result backend in the same step.
         """
         sources = allowed_sources(to)
         if from_ is not None:
@@ -177,6 +179,8 @@ class JobStore:
             spec["set"] = {"updated_at": str(spec["now"])}  # cjson turns an empty table into [] otherwise
         if not spec["incr"]:
             spec.pop("incr")
+        if result is not None:
+            spec["result_key"], spec["result_value"], spec["result_ttl_ms"] = result
         out = json.loads(self._scripts["transition"](args=[json.dumps(spec)]))
         return TransitionResult(
             ok=bool(out["ok"]),

@@ -28,6 +28,8 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.middleware.threading import raise_thread_exception
+from dramatiq.results.backend import ResultBackend
+from dramatiq.results.result import wrap_result
 
 from service.context import JobContext, clear_current, set_current
 from service.errors import BackendUnavailable, JobCancelled, RetryJob
@@ -53,12 +55,15 @@ HISTORY_LEN = 10
 
 
 class JobTracking(Middleware):
-    """Keep the job record in step with Dramatiq. Add it before ``Results`` so results are stored first."""
+    """Keep the job record in step with Dramatiq, and store each job's result with its ``succeeded`` state."""
 
-    def __init__(self, store: JobStore, registry: Registry, *, max_crash_redeliveries: int = 3,
+    def __init__(self, store: JobStore, registry: Registry, backend: ResultBackend, *, result_ttl_ms: int,
+                 max_crash_redeliveries: int = 3,
                  heartbeat_s: float = 5.0, background: list[Callable[[threading.Event], None]] | None = None) -> None:
         self.store = store
         self.registry = registry
+        self.backend = backend
+        self.result_ttl_ms = result_ttl_ms
         self.max_crash_redeliveries = max_crash_redeliveries
         self.heartbeat_s = heartbeat_s
         self.background = background or []
@@ -143,9 +148,11 @@ class JobTracking(Middleware):
         res: TransitionResult | None
         try:
             if exception is None:
+                stored = (self.backend.build_message_key(message),
+                          self.backend.encoder.encode(wrap_result(result)).decode(), self.result_ttl_ms)
                 res = self._retrying(lambda: self.store.transition(
                     job_id, JobState.SUCCEEDED, from_={JobState.RUNNING}, generation=gen,
-                    set_fields={"finished_at": now_ms(), "progress": 100}))
+                    set_fields={"finished_at": now_ms(), "progress": 100}, result=stored))
             elif isinstance(exception, JobCancelled):
                 res = self._retrying(lambda: self.store.transition(
                     job_id, JobState.CANCELLED, from_={JobState.RUNNING}, generation=gen,

@@ -34,6 +34,12 @@ if state ~= s.to then
   redis.call('HINCRBY', c, tenant .. '|' .. queue .. '|' .. state, -1)
   redis.call('HINCRBY', c, tenant .. '|' .. queue .. '|' .. s.to, 1)
 end
+if s.result_key ~= nil and s.result_key ~= cjson.null then
+  -- The return value, in Dramatiq's RedisBackend layout, written with the state that makes it visible.
+  redis.call('DEL', s.result_key)
+  redis.call('LPUSH', s.result_key, s.result_value)
+  redis.call('PEXPIRE', s.result_key, s.result_ttl_ms)
+end
 if s.unschedule then redis.call('ZREM', p .. ':schedule', s.id); redis.call('ZREM', p .. ':claimed', s.id) end
 if s.due_ms ~= nil and s.due_ms ~= cjson.null then redis.call('ZADD', p .. ':schedule', s.due_ms, s.id) end
 if s.expire_s ~= nil and s.expire_s ~= cjson.null then

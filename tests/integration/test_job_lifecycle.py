@@ -82,6 +82,8 @@ def test_a_redelivered_message_of_a_finished_job_changes_nothing(api, env, start
     after = requests.get(f"{api}/api/jobs/{job['id']}", timeout=5).json()
     assert after == before
     assert len(events_of(env, job["id"])) == 3
+    # ... and the skipped duplicate did not overwrite the stored result (Dramatiq stores None for skips).
+    assert requests.get(f"{api}/api/jobs/{job['id']}/result", timeout=5).json()["result"] == {"once": 1}
 
 
 def test_high_priority_jobs_overtake_a_backlog_of_low_priority_ones(api, env, start_workers):

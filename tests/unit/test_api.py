@@ -272,3 +272,16 @@ def test_a_job_whose_record_was_lost_is_rebuilt_from_its_message_and_runs(client
     rec = client.get(f"/api/jobs/{job['id']}").get_json()
     assert rec["payload"] == {"keep": "me"} and rec["priority"] == 8 and rec["max_retries"] == 2
     assert client.get(f"/api/jobs/{job['id']}/result").get_json()["result"] == {"keep": "me"}
+
+
+def test_a_duplicate_delivery_of_a_finished_job_keeps_its_record_and_its_result(client, worker, clean):
+    from service.message import job_message
+
+    job = submit(client, {"type": "echo", "payload": {"text": "grüße, 世界", "n": [1, {"a": None}]}})
+    wait_state(client, job["id"], "succeeded")
+    before = client.get(f"/api/jobs/{job['id']}").get_json()
+    clean.broker.enqueue(job_message(clean.store.get(job["id"])))  # the same message again
+    clean.broker.join("default", timeout=5000)
+    worker.join()
+    assert client.get(f"/api/jobs/{job['id']}").get_json() == before
+    assert client.get(f"/api/jobs/{job['id']}/result").get_json()["result"] == {"text": "grüße, 世界", "n": [1, {"a": None}]}
