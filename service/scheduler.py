@@ -38,7 +38,8 @@ def start_scheduler(rt: Runtime, stop: threading.Event, *, promoter: bool = True
     """Start the recurring jobs (and, unless a worker in this process already runs one, a promoter)."""
     sched = BackgroundScheduler(daemon=True)
     sched.add_job(_locked(rt, "purge-expired", PURGE_INTERVAL_S * 1000, lambda: purge_expired(rt.store)),
-                  "interval", seconds=PURGE_INTERVAL_S, id="purge-expired", max_instances=1, coalesce=True)
+                  "interval", seconds=PURGE_INTERVAL_S, id="purge-expired", name="purge-expired", max_instances=1,
+                  coalesce=True)
     sched.start()
     if promoter:
         threading.Thread(target=promoter_loop, args=(rt.store, rt.broker, rt.settings.promote_interval_s, stop),
