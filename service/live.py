@@ -6,6 +6,15 @@ job's own capped stream (see lua/transition.lua). A :class:`LiveHub` runs one da
 client that asked for it (one job, all of a tenant's jobs, or queue stats). A client costs no Redis
 connection and no blocking read of its own; its handler thread waits on the feed's ``wake`` event.
 
+Writing directly: waking one thread per client for every event costs a GIL hand-off per client (with 1,000
+WebSockets that alone took hundreds of milliseconds per event). A feed may therefore carry a ``direct``
+writer: when the client is caught up (nothing buffered, nothing half-written) and its own thread is idle
+(the hub gets ``feed.lock`` without waiting), the hub's thread writes the frame itself, without blocking, and
+wakes nobody. Otherwise (the lock is busy: a subscription, a replay or a send is under way; or the socket
+would block) the event is buffered as before and the client's thread delivers it, after everything that
+came earlier. The delivered positions are updated under the same lock, so either path skips exactly what
+the other already sent.
+
 Subscribing without gaps or duplicates: the feed is registered *first* (live events start buffering),
 then the record and the job's events after ``since`` are read in one MULTI, then buffered live events are
 delivered skipping every id not newer than the last one already covered. A ``since`` older than what the
@@ -114,14 +123,24 @@ class _StreamView:
 class Feed:
     """One client's subscriptions and its bounded buffer of live events.
 
-    Methods other than the buffer's ``_offer`` are called from the client's own thread only.
+    Methods other than the buffer's ``_offer`` are called from the client's own thread only. With a
+    ``direct`` writer, that thread holds :attr:`lock` whenever it works on the feed or writes to the client.
     """
 
-    def __init__(self, hub: LiveHub, tenant: str, wake: threading.Event | None, buffer_events: int) -> None:
+    def __init__(self, hub: LiveHub, tenant: str, wake: threading.Event | None, buffer_events: int,
+                 direct: Callable[[str], bool] | None = None) -> None:
         self.hub = hub
         self.tenant = tenant
         #: Set whenever something was buffered or the feed was dropped.
         self.wake = wake or threading.Event()
+        #: Writes one message to the client without blocking, from the hub's thread and with :attr:`lock`
+        #: held; True when the client has it (or the writer keeps its unwritten rest and sends that before
+        #: anything else), False when nothing was written (the event is then buffered).
+        self.direct = direct
+        #: Held by the client's thread while it subscribes, drains or writes; the hub only tries it.
+        self.lock = threading.RLock()
+        #: Events the hub wrote directly (see ``direct``).
+        self.sent_direct = 0
         #: Close code once the hub dropped this feed (None while it is healthy).
         self.dropped: int | None = None
         self.drop_reason = ""
@@ -139,12 +158,45 @@ class Feed:
     def _offer(self, item: _Item) -> bool:
         if self.dropped is not None:
             return False
+        if self.direct is not None and item[0] is not None and not self._buffer \
+                and self.lock.acquire(blocking=False):
+            try:
+                if self._write_direct(item):
+                    return True
+            finally:
+                self.lock.release()
         if len(self._buffer) >= self._max:
             self._drop(CLOSE_SLOW_CONSUMER, f"too slow: more than {self._max} undelivered events")
             return False
         self._buffer.append(item)
         self.wake.set()
         return True
+
+    def _write_direct(self, item: _Item) -> bool:
+        """With :attr:`lock` held: deliver ``item`` now if the client is caught up. False: buffer it."""
+        direct = self.direct
+        if direct is None or self.dropped is not None or self._buffer:
+            return False
+        key, job_id, _event_id, text = item
+        to_job, to_all = self._wanted(key, job_id)  # type: ignore[arg-type]
+        if not (to_job or to_all):
+            return True  # already covered by a replay: nothing to send, as drain() would skip it
+        if not direct(text):
+            return False
+        self._delivered(key, job_id, to_job, to_all)  # type: ignore[arg-type]
+        self.sent_direct += 1
+        return True
+
+    def _wanted(self, key: _Key, job_id: str | None) -> tuple[bool, bool]:
+        """Whether an event is new to the client as an event of a watched job, and of the jobs channel."""
+        last = self._jobs.get(job_id) if job_id is not None else None
+        return (last is not None and key > last), (self._all_jobs is not None and key > self._all_jobs)
+
+    def _delivered(self, key: _Key, job_id: str | None, to_job: bool, to_all: bool) -> None:
+        if to_job:
+            self._jobs[job_id] = key  # type: ignore[index]
+        if to_all:
+            self._all_jobs = key
 
     def _drop(self, code: int, reason: str) -> None:
         if self.dropped is not None:
@@ -246,23 +298,19 @@ class Feed:
                 if self._stats:
                     out.append(Frame(text))
                 continue
-            send = False
-            last = self._jobs.get(job_id) if job_id is not None else None
-            if last is not None and key > last:
-                self._jobs[job_id] = key  # type: ignore[index]
-                send = True
-            if self._all_jobs is not None and key > self._all_jobs:
-                self._all_jobs = key
-                send = True
-            if send:
+            to_job, to_all = self._wanted(key, job_id)
+            if to_job or to_all:
+                self._delivered(key, job_id, to_job, to_all)
                 out.append(Frame(text, event_id))
 
     def close(self) -> None:
-        """Stop receiving; the hub forgets the feed."""
-        self.hub._forget(self)
-        self._jobs.clear()
-        self._all_jobs = None
-        self._stats = False
+        """Stop receiving; the hub forgets the feed (and writes nothing more to the client)."""
+        with self.lock:
+            self.direct = None
+            self.hub._forget(self)
+            self._jobs.clear()
+            self._all_jobs = None
+            self._stats = False
 
 
 def _newest(last_id: str | None, since: str | None) -> _Key:
@@ -321,10 +369,12 @@ class LiveHub:
         for t in self._threads:
             t.join(timeout=(self._block_ms / 1000) + 2)
 
-    def open(self, tenant: str, wake: threading.Event | None = None) -> Feed:
-        """A new feed for one client of ``tenant``; ``wake`` is set whenever it has something to send."""
+    def open(self, tenant: str, wake: threading.Event | None = None,
+             direct: Callable[[str], bool] | None = None) -> Feed:
+        """A new feed for one client of ``tenant``; ``wake`` is set whenever it has something to send, and
+        ``direct`` (optional) writes an event to a caught-up client from the hub's thread (see :class:`Feed`)."""
         self.start()
-        feed = Feed(self, tenant, wake, self.buffer_events)
+        feed = Feed(self, tenant, wake, self.buffer_events, direct)
         with self._lock:
             self._feeds.add(feed)
         return feed

@@ -102,28 +102,97 @@ def job_ws_route(ws: Any, job_id: str) -> None:
 
 
 def serve(ws: Any, first: dict[str, Any] | None = None) -> None:
-    """Run one WebSocket connection: client messages and live events on the same thread."""
+    """Run one WebSocket connection: client messages, replays and buffered events on this thread; live
+    events for a caught-up client are written by the hub's thread (see :class:`_Socket`)."""
     # simple_websocket's reader thread sets ws.event when a message or the close arrives; the hub sets
     # the same event when it buffers something, so one wait covers both.
-    feed = live_hub().open(tenant(), wake=ws.event)
+    out = _Socket.wrap(ws)
+    feed = live_hub().open(tenant(), wake=ws.event, direct=out.try_write if out.direct_ok else None)
+    out.lock = feed.lock
     feed.on_drop = lambda: _shut_later(ws)
     try:
         if first is not None:
-            _send(ws, handle(feed, first))
-            if first["job_id"] not in feed.jobs:  # the error message was sent
-                ws.close(CLOSE_NOT_FOUND, "job not found")
-                return
+            with feed.lock:
+                _send(ws, handle(feed, first))
+                if first["job_id"] not in feed.jobs:  # the error message was sent
+                    ws.close(CLOSE_NOT_FOUND, "job not found")
+                    return
         while True:
             ws.event.clear()
-            while (raw := ws.receive(timeout=0)) is not None:
-                _send(ws, handle(feed, raw))
-            if feed.dropped is not None:
-                ws.close(feed.dropped, feed.drop_reason)
-                return
-            _send(ws, feed.drain())
+            with feed.lock:  # meanwhile the hub buffers instead of writing: nothing can interleave
+                out.flush()  # the rest of a frame the hub could only partly write
+                while (raw := ws.receive(timeout=0)) is not None:
+                    _send(ws, handle(feed, raw))
+                if feed.dropped is not None:
+                    ws.close(feed.dropped, feed.drop_reason)
+                    return
+                _send(ws, feed.drain())
             ws.event.wait(timeout=5.0)
     finally:
         feed.close()
+
+
+class _Socket:
+    """Stands in for the connection's socket (``ws.sock``) so that every write, whichever thread makes it
+    (this handler, the hub's reader, simple_websocket's thread with its pings and pongs), goes out whole and
+    one at a time under the feed's lock, after the rest of any frame the hub could only partly write."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.raw: socket.socket = ws.sock
+        self.lock: threading.RLock = threading.RLock()  # replaced by the feed's before anything is sent
+        self.pending = b""
+        proto = getattr(getattr(ws.ws, "connection", None), "_proto", None)  # wsproto's frame protocol
+        #: The hub may write frames itself: we frame them (no extension was negotiated) and a write can be
+        #: made not to wait (a blocking socket; one with a timeout would wait for room even with DONTWAIT).
+        self.direct_ok = (proto is not None and not proto.extensions and _DONTWAIT != 0
+                          and self.raw.gettimeout() is None)
+
+    @classmethod
+    def wrap(cls, ws: Any) -> _Socket:
+        out = cls(ws)
+        ws.sock = out
+        return out
+
+    def try_write(self, text: str) -> bool:
+        """From the hub's thread, with the lock held: write one event frame without waiting. False when
+        nothing was written (the socket is full or gone); the hub then buffers the event."""
+        if self.pending or not self.ws.connected:
+            return False
+        data = _encoded(text)
+        try:
+            n = self.raw.send(data, _DONTWAIT)
+        except OSError:  # BlockingIOError included; a broken socket is for the handler to find out
+            return False
+        if n < len(data):
+            self.pending = data[n:]
+            self.ws.event.set()  # the handler completes the frame (blocking) before anything else is sent
+        return True
+
+    def flush(self) -> None:
+        with self.lock:
+            if self.pending:
+                data, self.pending = self.pending, b""
+                self.raw.sendall(data)
+
+    def sendall(self, data: bytes) -> None:
+        with self.lock:
+            self.flush()
+            self.raw.sendall(data)
+
+    def send(self, data: bytes) -> int:
+        self.sendall(data)  # simple_websocket ignores what send returns: a short write would lose bytes
+        return len(data)
+
+    def close(self) -> None:
+        with self.lock:  # not while the hub writes: the descriptor must not be reused under it
+            self.raw.close()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, recv, shutdown, ...: the real socket's
+        return getattr(self.raw, name)
+
+
+_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)  # 0: not on this platform
 
 
 def _send(ws: Any, frames: list[Frame]) -> None:

@@ -238,3 +238,159 @@ def test_a_feed_that_overflows_is_dropped_and_forgotten_by_the_hub(rt, clean):
         assert other.drain() == []  # another tenant's events are not routed
     finally:
         hub.stop()
+
+
+# -- events written by the hub's thread to caught-up clients -----------------------------------------
+
+
+def _event(i: int, tenant: str = "default") -> tuple[str, dict[str, str]]:
+    return f"{10**13 + i}-0", {"job": f"j{i % 3}", "tenant": tenant, "type": "echo", "queue": "default",
+                               "kind": "progress", "state": "running", "percent": "1", "message": "m",
+                               "attempt": "1", "at": "0"}
+
+
+def _ids(texts: list[str]) -> list[int]:
+    return [int(json.loads(t)["event_id"].split("-")[0]) - 10**13 for t in texts]
+
+
+def test_an_event_for_a_caught_up_feed_is_written_by_the_hub_without_waking_the_clients_thread(rt, clean):
+    hub = LiveHub(rt.store, rt.redis)
+    written: list[str] = []
+    feed = hub.open("default", direct=lambda text: written.append(text) is None)
+    feed.subscribe_channel("jobs")
+    for i in range(1, 4):
+        hub.dispatch(*_event(i))
+    hub.dispatch(*_event(4, tenant="someone-else"))
+    assert _ids(written) == [1, 2, 3] and feed.sent_direct == 3
+    assert not feed.wake.is_set() and feed.drain() == []
+    hub.stop()
+
+
+def test_events_after_one_that_would_block_wait_in_the_buffer_behind_it_and_nothing_is_sent_twice(rt, clean):
+    hub = LiveHub(rt.store, rt.redis)
+    written: list[str] = []
+    room = [2]
+
+    def direct(text: str) -> bool:  # a socket with room for ``room[0]`` more frames
+        if room[0] == 0:
+            return False
+        room[0] -= 1
+        written.append(text)
+        return True
+
+    feed = hub.open("default", direct=direct)
+    feed.subscribe_channel("jobs")
+    for i in range(1, 4):  # 1 and 2 written, 3 would block
+        hub.dispatch(*_event(i))
+    room[0] = 100  # room again, but 3 is still buffered: 4 and 5 must queue behind it
+    for i in range(4, 6):
+        hub.dispatch(*_event(i))
+    assert _ids(written) == [1, 2] and feed.wake.is_set()
+    with feed.lock:  # what the client's thread does when woken
+        drained = [f.data for f in feed.drain()]
+    assert _ids(drained) == [3, 4, 5]
+    hub.dispatch(*_event(6))  # caught up again: written directly
+    # A late duplicate (e.g. an event already covered by a replay) is skipped on both paths.
+    hub.dispatch(*_event(6))
+    assert _ids(written) == [1, 2, 6] and feed.drain() == []
+    hub.stop()
+
+
+def test_while_the_clients_thread_holds_its_feed_the_hub_buffers_instead_of_writing(rt, clean):
+    hub = LiveHub(rt.store, rt.redis)
+    written: list[str] = []
+    feed = hub.open("default", direct=lambda text: written.append(text) is None)
+    feed.subscribe_channel("jobs")
+    held, release = threading.Event(), threading.Event()
+
+    def client_thread() -> None:  # e.g. in the middle of a subscription and its replay
+        with feed.lock:
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=client_thread)
+    t.start()
+    held.wait(5)
+    hub.dispatch(*_event(1))  # returns at once: the hub never waits for a client
+    assert written == [] and feed.wake.is_set()
+    release.set()
+    t.join()
+    hub.dispatch(*_event(2))  # 1 is still buffered: 2 goes behind it
+    assert written == [] and _ids([f.data for f in feed.drain()]) == [1, 2]
+    hub.stop()
+
+
+class _FakeRawSocket:
+    """A blocking socket whose non-blocking sends take at most ``room`` bytes."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.room = 1 << 20
+
+    def gettimeout(self) -> None:
+        return None
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        if flags and self.room <= 0:
+            raise BlockingIOError
+        n = min(len(data), self.room) if flags else len(data)
+        self.out += data[:n]
+        self.room -= n
+        return n
+
+    def sendall(self, data: bytes) -> None:
+        self.out += data
+
+
+def test_a_frame_the_hub_wrote_only_in_part_is_completed_before_anything_else_is_sent():
+    from web import live as web_live
+
+    raw = _FakeRawSocket()
+    ws = type("WS", (), {})()
+    ws.sock, ws.connected, ws.event = raw, True, threading.Event()
+    ws.ws = type("Conn", (), {"connection": type("P", (), {"_proto": type("F", (), {"extensions": []})()})()})()
+    out = web_live._Socket.wrap(ws)
+    assert out.direct_ok and ws.sock is out
+    first, second = web_live._encoded('{"op":"event","n":1}'), web_live._encoded('{"op":"pong"}')
+    raw.room = 5
+    assert out.try_write('{"op":"event","n":1}') is True  # taken: 5 bytes out, the rest pending
+    assert ws.event.is_set() and bytes(raw.out) == first[:5]
+    assert out.try_write('{"op":"event","n":2}') is False  # nothing may go out before the rest
+    ws.sock.send(second)  # e.g. simple_websocket's thread answering a ping, or the handler's reply
+    assert bytes(raw.out) == first + second
+    raw.room = 0
+    assert out.try_write('{"op":"event","n":3}') is False and bytes(raw.out) == first + second
+
+
+def test_a_client_that_stops_reading_delays_nobody_and_later_gets_every_event_once_in_order(server, base):
+    import socket as socket_module
+
+    hub: LiveHub = server[1].extensions["conveyor.live"]
+    hub.buffer_events = 100_000
+    n = 2000
+    try:
+        slow = websocket.create_connection(base.replace("http", "ws", 1) + "/api/ws", timeout=20,
+                                           sockopt=((socket_module.SOL_SOCKET, socket_module.SO_RCVBUF, 4096),))
+        fast = connect(base)
+        for ws in (slow, fast):
+            send(ws, {"action": "subscribe", "channel": "jobs"})
+            assert recv(ws)["op"] == "subscribed"
+        fields = {"job": "flood", "tenant": "default", "type": "echo", "queue": "default", "kind": "progress",
+                  "state": "running", "percent": "1", "message": "x" * 4000, "attempt": "1", "at": "0"}
+        ids = [f"{10**13 + i}-0" for i in range(1, n + 1)]
+        flood = threading.Thread(target=lambda: [hub.dispatch(i, fields) for i in ids], daemon=True)
+        flood.start()
+        fast.settimeout(10)
+        assert [recv(fast)["event_id"] for _ in ids] == ids
+        flood.join(10)
+        assert not flood.is_alive()  # the hub never waited for the client that does not read
+        feeds = sorted(hub._feeds, key=lambda f: f.sent_direct)
+        assert feeds[0].sent_direct < n // 2 and feeds[-1].sent_direct > 0
+        # The slow client reads at last: everything, once, in order, and then nothing more.
+        assert [recv(slow)["event_id"] for _ in ids] == ids
+        send(slow, {"action": "ping"})
+        assert recv(slow) == {"op": "pong"}
+        slow.close()
+        fast.close()
+    finally:
+        hub.buffer_events = server[1].extensions["conveyor"].settings.live_buffer_events
