@@ -128,14 +128,14 @@ class Feed:
     """
 
     def __init__(self, hub: LiveHub, tenant: str, wake: threading.Event | None, buffer_events: int,
-                 direct: Callable[[str], bool] | None = None) -> None:
+                 direct: Callable[[tuple[str, ...]], bool] | None = None) -> None:
         self.hub = hub
         self.tenant = tenant
         #: Set whenever something was buffered or the feed was dropped.
         self.wake = wake or threading.Event()
-        #: Writes one message to the client without blocking, from the hub's thread and with :attr:`lock`
-        #: held; True when the client has it (or the writer keeps its unwritten rest and sends that before
-        #: anything else), False when nothing was written (the event is then buffered).
+        #: Writes messages to the client in one go without blocking, from the hub's thread and with
+        #: :attr:`lock` held; True when the client has them (or the writer keeps the unwritten rest and
+        #: sends that before anything else), False when nothing was written (the events are then buffered).
         self.direct = direct
         #: Held by the client's thread while it subscribes, drains or writes; the hub only tries it.
         self.lock = threading.RLock()
@@ -156,35 +156,52 @@ class Feed:
     # -- called by the hub's threads -----------------------------------------------------------------
 
     def _offer(self, item: _Item) -> bool:
+        return self._offer_many((item,))
+
+    def _offer_many(self, items: tuple[_Item, ...] | list[_Item]) -> bool:
+        """Deliver events (in stream order) to the client: written directly when it can be done at once,
+        else buffered. False when the feed is (or just got) dropped."""
         if self.dropped is not None:
             return False
-        if self.direct is not None and item[0] is not None and not self._buffer \
-                and self.lock.acquire(blocking=False):
+        if self.direct is not None and not self._buffer and self.lock.acquire(blocking=False):
             try:
-                if self._write_direct(item):
+                if self._write_direct(items):
                     return True
             finally:
                 self.lock.release()
-        if len(self._buffer) >= self._max:
-            self._drop(CLOSE_SLOW_CONSUMER, f"too slow: more than {self._max} undelivered events")
-            return False
-        self._buffer.append(item)
+        for item in items:
+            if len(self._buffer) >= self._max:
+                self._drop(CLOSE_SLOW_CONSUMER, f"too slow: more than {self._max} undelivered events")
+                return False
+            self._buffer.append(item)
         self.wake.set()
         return True
 
-    def _write_direct(self, item: _Item) -> bool:
-        """With :attr:`lock` held: deliver ``item`` now if the client is caught up. False: buffer it."""
+    def _write_direct(self, items: tuple[_Item, ...] | list[_Item]) -> bool:
+        """With :attr:`lock` held: deliver ``items`` now, in one write, if the client is caught up. False:
+        nothing was written, buffer them all."""
         direct = self.direct
         if direct is None or self.dropped is not None or self._buffer:
             return False
-        key, job_id, _event_id, text = item
-        to_job, to_all = self._wanted(key, job_id)  # type: ignore[arg-type]
-        if not (to_job or to_all):
-            return True  # already covered by a replay: nothing to send, as drain() would skip it
-        if not direct(text):
+        jobs: dict[str, _Key] = {}  # positions as they will be once these are delivered
+        all_jobs = self._all_jobs
+        texts: list[str] = []
+        for key, job_id, _event_id, text in items:
+            if key is None:
+                return False  # stats messages take the buffered path
+            last = jobs.get(job_id, self._jobs.get(job_id)) if job_id is not None else None
+            to_job, to_all = last is not None and key > last, all_jobs is not None and key > all_jobs
+            if to_job:
+                jobs[job_id] = key  # type: ignore[index]
+            if to_all:
+                all_jobs = key
+            if to_job or to_all:
+                texts.append(text)
+        if texts and not direct(tuple(texts)):
             return False
-        self._delivered(key, job_id, to_job, to_all)  # type: ignore[arg-type]
-        self.sent_direct += 1
+        self._jobs.update(jobs)
+        self._all_jobs = all_jobs
+        self.sent_direct += len(texts)
         return True
 
     def _wanted(self, key: _Key, job_id: str | None) -> tuple[bool, bool]:
@@ -370,7 +387,7 @@ class LiveHub:
             t.join(timeout=(self._block_ms / 1000) + 2)
 
     def open(self, tenant: str, wake: threading.Event | None = None,
-             direct: Callable[[str], bool] | None = None) -> Feed:
+             direct: Callable[[tuple[str, ...]], bool] | None = None) -> Feed:
         """A new feed for one client of ``tenant``; ``wake`` is set whenever it has something to send, and
         ``direct`` (optional) writes an event to a caught-up client from the hub's thread (see :class:`Feed`)."""
         self.start()
@@ -482,8 +499,8 @@ class LiveHub:
         backoff_s = 0.1
         while not self._stop.is_set():
             try:
-                batches = self._reader.xread({self.keys.events: self._last_id}, count=READ_BATCH,
-                                             block=self._block_ms)
+                batches: Any = self._reader.xread({self.keys.events: self._last_id}, count=READ_BATCH,
+                                                  block=self._block_ms)
                 backoff_s = 0.1
             except redis.RedisError as exc:
                 logger.warning("live reader: Redis error (%s); retrying in %.1fs", exc, backoff_s)
@@ -496,9 +513,10 @@ class LiveHub:
                 self._stop.wait(1.0)
                 continue
             for _stream, entries in batches or ():
-                for eid, fields in entries:
-                    self._last_id = _text(eid)
-                    self.dispatch(self._last_id, {_text(k): _text(v) for k, v in fields.items()})
+                if entries:
+                    self._last_id = _text(entries[-1][0])
+                    self.dispatch_many([(_text(eid), {_text(k): _text(v) for k, v in fields.items()})
+                                        for eid, fields in entries])
 
     def _check_continuity(self) -> None:
         """After a read error: if entries after our position were trimmed meanwhile, nobody can be told
@@ -519,19 +537,29 @@ class LiveHub:
 
     def dispatch(self, event_id: str, fields: dict[str, str]) -> None:
         """Route one event to every feed that watches its job or its tenant's jobs."""
-        self.events_read += 1
-        job_id, tenant = fields.get("job"), fields.get("tenant")
+        self.dispatch_many([(event_id, fields)])
+
+    def dispatch_many(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """Route events (in stream order); a client that gets several of them gets them in one write."""
+        self.events_read += len(entries)
+        routed: list[tuple[str, dict[str, str], set[Feed]]] = []
         with self._lock:
-            by_job = tuple(self._by_job.get(job_id, ())) if job_id else ()
-            by_tenant = tuple(self._by_tenant.get(tenant, ())) if tenant else ()
-        if not by_job and not by_tenant:
-            return
-        item: _Item = (parse_event_id(event_id), job_id, event_id, event_frame(Event(event_id, fields)))
-        for feed in by_job:
-            feed._offer(item)
-        for feed in by_tenant:
-            if not by_job or feed not in by_job:
-                feed._offer(item)
+            for event_id, fields in entries:
+                job_id, tenant = fields.get("job"), fields.get("tenant")
+                feeds = set(self._by_job.get(job_id, ())) if job_id else set()
+                if tenant:
+                    feeds.update(self._by_tenant.get(tenant, ()))
+                if feeds:
+                    routed.append((event_id, fields, feeds))
+        per_feed: dict[Feed, list[_Item]] = {}
+        for event_id, fields, feeds in routed:
+            item: _Item = (parse_event_id(event_id), fields.get("job"), event_id, event_frame(Event(event_id, fields)))
+            for feed in feeds:
+                per_feed.setdefault(feed, []).append(item)
+        # Feeds given the same events share one tuple of them (the writer encodes it once for all).
+        shared: dict[tuple[str | None, ...], tuple[_Item, ...]] = {}
+        for feed, items in per_feed.items():
+            feed._offer_many(shared.setdefault(tuple(i[2] for i in items), tuple(items)))
 
     # -- stats ---------------------------------------------------------------------------------------
 

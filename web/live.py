@@ -154,12 +154,12 @@ class _Socket:
         ws.sock = out
         return out
 
-    def try_write(self, text: str) -> bool:
-        """From the hub's thread, with the lock held: write one event frame without waiting. False when
-        nothing was written (the socket is full or gone); the hub then buffers the event."""
+    def try_write(self, texts: tuple[str, ...]) -> bool:
+        """From the hub's thread, with the lock held: write event frames without waiting. False when
+        nothing was written (the socket is full or gone); the hub then buffers the events."""
         if self.pending or not self.ws.connected:
             return False
-        data = _encoded(text)
+        data = _encoded_many(texts)
         try:
             n = self.raw.send(data, _DONTWAIT)
         except OSError:  # BlockingIOError included; a broken socket is for the handler to find out
@@ -221,6 +221,12 @@ def _encoded(text: str) -> bytes:
     else:
         head = struct.pack("!BBQ", 0x81, 127, n)
     return head + data
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded_many(texts: tuple[str, ...]) -> bytes:
+    """The frames of a few events that many subscribers get together, joined once for all of them."""
+    return b"".join(_encoded(t) for t in texts)
 
 
 def _shut_later(ws: Any) -> None:

@@ -255,13 +255,15 @@ def _ids(texts: list[str]) -> list[int]:
 
 def test_an_event_for_a_caught_up_feed_is_written_by_the_hub_without_waking_the_clients_thread(rt, clean):
     hub = LiveHub(rt.store, rt.redis)
-    written: list[str] = []
-    feed = hub.open("default", direct=lambda text: written.append(text) is None)
+    writes: list[tuple[str, ...]] = []
+    feed = hub.open("default", direct=lambda texts: writes.append(texts) is None)
     feed.subscribe_channel("jobs")
     for i in range(1, 4):
         hub.dispatch(*_event(i))
     hub.dispatch(*_event(4, tenant="someone-else"))
-    assert _ids(written) == [1, 2, 3] and feed.sent_direct == 3
+    # Events read from the stream together reach the client together, in one write.
+    hub.dispatch_many([_event(5), _event(6, tenant="someone-else"), _event(7)])
+    assert [_ids(list(w)) for w in writes] == [[1], [2], [3], [5, 7]] and feed.sent_direct == 5
     assert not feed.wake.is_set() and feed.drain() == []
     hub.stop()
 
@@ -271,11 +273,11 @@ def test_events_after_one_that_would_block_wait_in_the_buffer_behind_it_and_noth
     written: list[str] = []
     room = [2]
 
-    def direct(text: str) -> bool:  # a socket with room for ``room[0]`` more frames
-        if room[0] == 0:
+    def direct(texts: tuple[str, ...]) -> bool:  # a socket with room for ``room[0]`` more frames
+        if room[0] < len(texts):
             return False
-        room[0] -= 1
-        written.append(text)
+        room[0] -= len(texts)
+        written.extend(texts)
         return True
 
     feed = hub.open("default", direct=direct)
@@ -299,7 +301,7 @@ def test_events_after_one_that_would_block_wait_in_the_buffer_behind_it_and_noth
 def test_while_the_clients_thread_holds_its_feed_the_hub_buffers_instead_of_writing(rt, clean):
     hub = LiveHub(rt.store, rt.redis)
     written: list[str] = []
-    feed = hub.open("default", direct=lambda text: written.append(text) is None)
+    feed = hub.open("default", direct=lambda texts: written.extend(texts) is None)
     feed.subscribe_channel("jobs")
     held, release = threading.Event(), threading.Event()
 
@@ -353,13 +355,13 @@ def test_a_frame_the_hub_wrote_only_in_part_is_completed_before_anything_else_is
     assert out.direct_ok and ws.sock is out
     first, second = web_live._encoded('{"op":"event","n":1}'), web_live._encoded('{"op":"pong"}')
     raw.room = 5
-    assert out.try_write('{"op":"event","n":1}') is True  # taken: 5 bytes out, the rest pending
+    assert out.try_write(('{"op":"event","n":1}',)) is True  # taken: 5 bytes out, the rest pending
     assert ws.event.is_set() and bytes(raw.out) == first[:5]
-    assert out.try_write('{"op":"event","n":2}') is False  # nothing may go out before the rest
+    assert out.try_write(('{"op":"event","n":2}',)) is False  # nothing may go out before the rest
     ws.sock.send(second)  # e.g. simple_websocket's thread answering a ping, or the handler's reply
     assert bytes(raw.out) == first + second
     raw.room = 0
-    assert out.try_write('{"op":"event","n":3}') is False and bytes(raw.out) == first + second
+    assert out.try_write(('{"op":"event","n":3}',)) is False and bytes(raw.out) == first + second
 
 
 def test_a_client_that_stops_reading_delays_nobody_and_later_gets_every_event_once_in_order(server, base):
