@@ -6,7 +6,10 @@ A. latency: echo jobs submitted at a fixed rate; one WebSocket subscribed to the
    each job the time from its HTTP 202 to the arrival of its ``succeeded`` event (and, for every event,
    from the transition in the worker to its arrival: the fan-out alone).
 B. fan-out: many WebSockets on that one api process, all subscribed to the ``jobs`` channel, while echo
-   jobs run at a low rate; the delay from each transition to its arrival on every socket.
+   jobs run at a low rate; the delay from each transition to its arrival on every socket. The clients
+   share one Python process: with ``--fanout-client websockets`` (the default) its parsing of 1,000 frames
+   per event is part of the delay; ``--fanout-client raw`` reads the frames with a minimal parser of its
+   own, so the figure is closer to the server's share.
 
 Figures go to ``ops/results/live.json``. Everything runs on one machine, clients included, so the
 client's own CPU use is part of what is measured. Not a test: nothing is asserted.
@@ -204,16 +207,113 @@ def bench_latency(base: str, rate: float, seconds: float) -> dict[str, Any]:
             "transition_to_ws_arrival": _summary(fanout)}
 
 
-async def _fanout(base: str, sockets: int, rate: float, seconds: float) -> dict[str, Any]:
+class _RawClient(asyncio.Protocol):
+    """A minimal WebSocket client for the fan-out run: unmasked text frames in, masked frames out, and for
+    each event only the arrival time and its ``at``. Mimics the parts of ``websockets``' API used below."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.transport: asyncio.Transport | None = None
+        self.close_code: int | None = None
+        self.on_event: Any = None  # called with (arrival wall ms, text) instead of queueing events
+
+    @classmethod
+    async def connect(cls, base: str) -> _RawClient:
+        host, port = base.split("//", 1)[1].rsplit(":", 1)
+        _, proto = await asyncio.get_running_loop().create_connection(cls, host, int(port))
+        key = "dGhlIHNhbXBsZSBub25jZQ=="
+        proto.transport.write((f"GET /api/ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"  # type: ignore[union-attr]
+                               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        await asyncio.wait_for(proto.handshake, 60)
+        return proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_code is None:
+            self.close_code = 1006
+        self.queue.put_nowait(None)
+
+    def data_received(self, data: bytes) -> None:
+        now_ms = time.time() * 1000
+        buf = self.buf
+        buf += data
+        if not self.handshake.done():
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.handshake.set_exception(RuntimeError(bytes(buf[:end]).decode()))
+                return
+            del buf[:end + 4]
+            self.handshake.set_result(None)
+        pos = 0
+        while len(buf) - pos >= 2:
+            op, n = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
+            head = 2
+            if n == 126:
+                if len(buf) - pos < 4:
+                    break
+                n, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+            elif n == 127:
+                if len(buf) - pos < 10:
+                    break
+                n, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+            if len(buf) - pos < head + n:
+                break
+            payload = bytes(buf[pos + head:pos + head + n])
+            pos += head + n
+            if op == 0x1:
+                text = payload.decode()
+                if self.on_event is not None and text.startswith('{"op":"event"'):
+                    self.on_event(now_ms, text)
+                else:
+                    self.queue.put_nowait(text)
+            elif op == 0x8:
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.transport.close()  # type: ignore[union-attr]
+            elif op == 0x9:
+                self._write(0xA, payload)
+        del buf[:pos]
+
+    def _write(self, opcode: int, payload: bytes) -> None:
+        n = len(payload)
+        head = bytes([0x80 | opcode, 0x80 | min(n, 126)]) + (n.to_bytes(2, "big") if n >= 126 else b"")
+        self.transport.write(head + b"\0\0\0\0" + payload)  # type: ignore[union-attr]  # a zero mask
+
+    async def send(self, text: str) -> None:
+        self._write(0x1, text.encode())
+
+    async def recv(self) -> str:
+        text = await self.queue.get()
+        if text is None:
+            raise ConnectionError("closed")
+        return text
+
+    async def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._write(0x8, (1000).to_bytes(2, "big"))
+            self.transport.close()
+
+
+async def _fanout(base: str, sockets: int, rate: float, seconds: float, client: str = "websockets"
+                  ) -> dict[str, Any]:
     import websockets
 
     url = base.replace("http", "ws", 1) + "/api/ws"
     conns: list[Any] = []
     t0 = time.perf_counter()
     for i in range(0, sockets, 50):
-        batch = await asyncio.gather(*(websockets.connect(url, compression=None, max_queue=None,
-                                                          ping_interval=None, open_timeout=60)
-                                       for _ in range(min(50, sockets - i))))
+        if client == "raw":
+            batch = await asyncio.gather(*(_RawClient.connect(base) for _ in range(min(50, sockets - i))))
+        else:
+            batch = await asyncio.gather(*(websockets.connect(url, compression=None, max_queue=None,
+                                                              ping_interval=None, open_timeout=60)
+                                           for _ in range(min(50, sockets - i))))
         conns.extend(batch)
     for c in conns:
         await c.send('{"action":"subscribe","channel":"jobs"}')
@@ -235,7 +335,19 @@ async def _fanout(base: str, sockets: int, rate: float, seconds: float) -> dict[
         except websockets.ConnectionClosed:
             pass
 
-    tasks = [asyncio.create_task(read(i, c)) for i, c in enumerate(conns)]
+    def on_event(i: int) -> Any:
+        def record(wall_ms: float, text: str) -> None:
+            at = text.rfind('"at":')
+            per_socket[i] += 1
+            delays.append(wall_ms - int(text[at + 5:].split(",", 1)[0].rstrip("}")))
+        return record
+
+    if client == "raw":
+        for i, c in enumerate(conns):
+            c.on_event = on_event(i)
+        tasks = []
+    else:
+        tasks = [asyncio.create_task(read(i, c)) for i, c in enumerate(conns)]
     accepted: dict[str, float] = {}
     submit = await asyncio.to_thread(submit_at_rate, base, rate, seconds, accepted, 4)
     await asyncio.sleep(3)
@@ -245,12 +357,13 @@ async def _fanout(base: str, sockets: int, rate: float, seconds: float) -> dict[
     failures = [r for r in await asyncio.gather(*tasks, return_exceptions=True) if isinstance(r, BaseException)]
     received = sum(per_socket)
     expected = len(accepted) * 3 * sockets  # queued, running, succeeded per job on every socket
-    return {"sockets": sockets, "connect_and_subscribe_s": round(connect_s, 2),
+    return {"sockets": sockets, "client": client, "connect_and_subscribe_s": round(connect_s, 2),
             "subscribe_refused": refused, "jobs_per_s": rate,
             "events_per_s": rate * 3, "frames_per_s": rate * 3 * sockets, "seconds": seconds,
             "jobs": len(accepted), "frames_expected": expected, "frames_received": received,
             "sockets_closed_by_server": closed_early, "client_errors": [repr(f) for f in failures[:3]],
-            "sockets_complete": sum(1 for n in per_socket if n == len(accepted) * 3), "transition_to_ws_arrival": _summary(delays)}
+            "sockets_complete": sum(1 for n in per_socket if n == len(accepted) * 3),
+            "transition_to_ws_arrival": _summary(delays)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fanout-rate", type=float, action="append",
                         help="jobs/s during the fan-out run (repeatable; default 0.5, 2 and 5)")
     parser.add_argument("--fanout-seconds", type=float, default=10)
+    parser.add_argument("--fanout-client", choices=["websockets", "raw", "both"], default="websockets",
+                        help="client of the fan-out run (see B. above); both: each rate with each client")
     parser.add_argument("--worker-processes", type=int, default=1)
     parser.add_argument("--worker-threads", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -272,18 +387,21 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "setup": {"api": f"conveyor api --workers 1 --threads {args.sockets + 64}",
                   "worker": f"dramatiq actors --processes {args.worker_processes} --threads {args.worker_threads}",
-                  "clients": "same machine: websocket-client (latency), asyncio websockets (fan-out)"},
+                  "clients": f"same machine: websocket-client (latency), asyncio {args.fanout_client} (fan-out)"},
     }
     try:
         print(f"latency: echo jobs at {args.rate}/s for {args.seconds}s ...", flush=True)
         results["latency"] = bench_latency(stack.base, args.rate, args.seconds)
         print(json.dumps(results["latency"], indent=1), flush=True)
         results["fanout"] = []
+        clients = ["websockets", "raw"] if args.fanout_client == "both" else [args.fanout_client]
         for rate in args.fanout_rate or [0.5, 2.0, 5.0]:
-            print(f"fan-out: {args.sockets} sockets, {rate} jobs/s for {args.fanout_seconds}s ...", flush=True)
-            run = asyncio.run(_fanout(stack.base, args.sockets, rate, args.fanout_seconds))
-            results["fanout"].append(run)
-            print(json.dumps(run, indent=1), flush=True)
+            for client in clients:
+                print(f"fan-out: {args.sockets} sockets ({client}), {rate} jobs/s for {args.fanout_seconds}s ...",
+                      flush=True)
+                run = asyncio.run(_fanout(stack.base, args.sockets, rate, args.fanout_seconds, client))
+                results["fanout"].append(run)
+                print(json.dumps(run, indent=1), flush=True)
     finally:
         stack.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
