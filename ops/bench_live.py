@@ -349,7 +349,7 @@ async def _fanout(base: str, sockets: int, rate: float, seconds: float, client: 
     else:
         tasks = [asyncio.create_task(read(i, c)) for i, c in enumerate(conns)]
     accepted: dict[str, float] = {}
-    submit = await asyncio.to_thread(submit_at_rate, base, rate, seconds, accepted, 4)
+    submitted = await asyncio.to_thread(submit_at_rate, base, rate, seconds, accepted, 4)
     await asyncio.sleep(3)
     closed_early = sum(1 for c in conns if c.close_code is not None)
     for c in conns:
@@ -360,7 +360,8 @@ async def _fanout(base: str, sockets: int, rate: float, seconds: float, client: 
     return {"sockets": sockets, "client": client, "connect_and_subscribe_s": round(connect_s, 2),
             "subscribe_refused": refused, "jobs_per_s": rate,
             "events_per_s": rate * 3, "frames_per_s": rate * 3 * sockets, "seconds": seconds,
-            "jobs": len(accepted), "frames_expected": expected, "frames_received": received,
+            "jobs": len(accepted), "submit_errors": submitted["errors"], "frames_expected": expected,
+            "frames_received": received,
             "sockets_closed_by_server": closed_early, "client_errors": [repr(f) for f in failures[:3]],
             "sockets_complete": sum(1 for n in per_socket if n == len(accepted) * 3),
             "transition_to_ws_arrival": _summary(delays)}

@@ -284,4 +284,5 @@ def test_a_duplicate_delivery_of_a_finished_job_keeps_its_record_and_its_result(
     clean.broker.join("default", timeout=5000)
     worker.join()
     assert client.get(f"/api/jobs/{job['id']}").get_json() == before
-    assert client.get(f"/api/jobs/{job['id']}/result").get_json()["result"] == {"text": "grüße, 世界", "n": [1, {"a": None}]}
+    result = client.get(f"/api/jobs/{job['id']}/result").get_json()["result"]
+    assert result == {"text": "grüße, 世界", "n": [1, {"a": None}]}
