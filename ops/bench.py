@@ -1,10 +1,12 @@
 """Benchmark: Conveyor side by side with plain Dramatiq on the same RabbitMQ and Redis, in one run.
 
-    python -m ops.bench [--jobs 2000] [--threads 8] [--out ops/results/bench]
+    python -m ops.bench [--jobs 2000] [--threads 8] [--rounds 3] [--out ops/results/bench]
 
 Measures, for each system: publish rate (one thread and --threads threads), drain rate of a backlog by one
 worker process with --threads threads, submit -> finished latency at a steady low rate with a warm worker,
 and the resident memory of the worker (and of Conveyor's API). Writes <out>.json and <out>.md.
+Each round measures plain Dramatiq, then Conveyor; the table gives the median of the rounds per measure
+(a shared host's noise moves single runs by 2x), the JSON keeps every round.
 Needs the services of ops/services.sh; uses a private vhost and key prefix, removed afterwards.
 """
 
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
@@ -126,8 +129,8 @@ def bench_plain(vhost: str, n: int, threads: int, tmp: Path) -> dict[str, Any]:
     return out
 
 
-def bench_conveyor(vhost: str, n: int, threads: int, tmp: Path) -> dict[str, Any]:
-    prefix = f"bench-{uuid.uuid4().hex[:6]}"
+def bench_conveyor(vhost: str, prefix: str, n: int, threads: int, tmp: Path) -> dict[str, Any]:
+    """One round; every round of a run uses the same vhost and key prefix (the runtime is built once)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update({"CONVEYOR_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}", "CONVEYOR_REDIS_URL": REDIS_URL,
                 "CONVEYOR_KEY_PREFIX": prefix, "PYTHONUNBUFFERED": "1", "CONVEYOR_LOG_LEVEL": "WARNING"})
@@ -215,31 +218,47 @@ ROWS = [
 ]
 
 
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per measure, the median over the rounds (numbers only; a measure missing from a round is skipped)."""
+    keys = {k for run in runs for k, v in run.items() if isinstance(v, (int, float))}
+    return {k: round(statistics.median(run[k] for run in runs if k in run), 2) for k in sorted(keys)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the table shows the median per measure")
     parser.add_argument("--out", default="ops/results/bench")
     args = parser.parse_args(argv)
     mgmt = ManagementAPI()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"conveyor-bench-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
+    rounds: list[dict[str, dict[str, Any]]] = []
     vhost = mgmt.create_vhost()
+    prefix = f"bench-{uuid.uuid4().hex[:6]}"
     try:
-        plain = bench_plain(vhost, args.jobs, args.threads, tmp)
-        conveyor = bench_conveyor(vhost, args.jobs, args.threads, tmp)
+        for i in range(args.rounds):
+            (tmp / f"r{i}").mkdir()
+            plain = bench_plain(vhost, args.jobs, args.threads, tmp / f"r{i}")
+            conveyor = bench_conveyor(vhost, prefix, args.jobs, args.threads, tmp / f"r{i}")
+            rounds.append({"plain_dramatiq": plain, "conveyor": conveyor})
+            print(f"round {i + 1}/{args.rounds}: {json.dumps(rounds[-1])}", flush=True)
     finally:
         mgmt.delete_vhost(vhost)
+    plain, conveyor = (median_of([r[name] for r in rounds]) for name in ("plain_dramatiq", "conveyor"))
     result = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "jobs": args.jobs, "threads": args.threads, "plain_dramatiq": plain, "conveyor": conveyor,
+        "jobs": args.jobs, "threads": args.threads, "rounds": rounds,
+        "median": {"plain_dramatiq": plain, "conveyor": conveyor},
     }
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"Benchmark {result['when']}, {os.cpu_count()} CPUs, {args.jobs} jobs, N = {args.threads} threads "
-             "(python -m ops.bench)", "", "| measure | plain Dramatiq | Conveyor |", "|---|---:|---:|"]
+    lines = [f"Benchmark {result['when']}, {os.cpu_count()} CPUs, {args.jobs} jobs, N = {args.threads} threads, "
+             f"median of {args.rounds} rounds (python -m ops.bench)", "",
+             "| measure | plain Dramatiq | Conveyor |", "|---|---:|---:|"]
     for key, label in ROWS:
         lines.append(f"| {label} | {plain.get(key, '-')} | {conveyor.get(key, '-')} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -79,8 +79,28 @@ class PlainResults(Results):
             super().after_nack(broker, message)
 
 
+class _ResultsPresentFilter(logging.Filter):
+    """Drops the worker's "you haven't added the Results middleware" warning.
+
+    Dramatiq's worker looks for ``Results`` by exact type (``type(m) is Results``), so it misses
+    ``PlainResults`` and would log that warning for every job that returns a value, although Conveyor
+    stores every result (tracking for jobs, ``PlainResults`` for plain actors, which warns itself when an
+    actor lacks ``store_results``).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "haven't added the Results middleware" not in record.getMessage()
+
+
+def _quiet_results_warning() -> None:
+    worker_logger = logging.getLogger("dramatiq.worker.WorkerThread")
+    if not any(isinstance(f, _ResultsPresentFilter) for f in worker_logger.filters):
+        worker_logger.addFilter(_ResultsPresentFilter())
+
+
 def build_broker(settings: Settings, tracking: Middleware, backend: RedisBackend) -> dramatiq.Broker:
     """Build the broker with Conveyor's middleware and make it Dramatiq's global broker."""
+    _quiet_results_warning()
     middleware: list[Middleware] = [
         TimeLimit(),
         ShutdownNotifications(),
