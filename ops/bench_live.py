@@ -4,7 +4,8 @@ It starts one ``conveyor api`` process (gunicorn gthread, one worker) and ``dram
 
 A. latency: echo jobs submitted at a fixed rate; one WebSocket subscribed to the ``jobs`` channel; for
    each job the time from its HTTP 202 to the arrival of its ``succeeded`` event (and, for every event,
-   from the transition in the worker to its arrival: the fan-out alone).
+   from the transition in the worker to its arrival: the fan-out alone). Run ``--rounds`` times (default
+   3); the round with the median p99 is reported and every round's p50/p99 listed.
 B. fan-out: many WebSockets on that one api process, all subscribed to the ``jobs`` channel, while echo
    jobs run at a low rate; the delay from each transition to its arrival on every socket. The clients
    share one Python process: with ``--fanout-client websockets`` (the default) its parsing of 1,000 frames
@@ -372,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=200, help="jobs/s for the latency run")
     parser.add_argument("--seconds", type=float, default=10, help="length of the latency run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="latency runs; the one with the median p99 is reported, every round's p50/p99 listed")
     parser.add_argument("--sockets", type=int, default=1000, help="WebSockets for the fan-out run")
     parser.add_argument("--fanout-rate", type=float, action="append",
                         help="jobs/s during the fan-out run (repeatable; default 0.5, 2 and 5)")
@@ -391,9 +394,16 @@ def main(argv: list[str] | None = None) -> int:
                   "clients": f"same machine: websocket-client (latency), asyncio {args.fanout_client} (fan-out)"},
     }
     try:
-        print(f"latency: echo jobs at {args.rate}/s for {args.seconds}s ...", flush=True)
-        results["latency"] = bench_latency(stack.base, args.rate, args.seconds)
-        print(json.dumps(results["latency"], indent=1), flush=True)
+        rounds = []
+        for i in range(args.rounds):
+            print(f"latency {i + 1}/{args.rounds}: echo jobs at {args.rate}/s for {args.seconds}s ...", flush=True)
+            rounds.append(bench_latency(stack.base, args.rate, args.seconds))
+            print(json.dumps(rounds[-1], indent=1), flush=True)
+        # The round with the median 202 -> succeeded p99 (a shared host's noise moves single runs 2x).
+        ranked = sorted(rounds, key=lambda r: r["http_202_to_ws_succeeded"]["p99_ms"])
+        results["latency"] = {**ranked[len(ranked) // 2], "rounds": len(rounds),
+                              "p50_p99_ms_per_round": [(r["http_202_to_ws_succeeded"]["p50_ms"],
+                                                        r["http_202_to_ws_succeeded"]["p99_ms"]) for r in rounds]}
         results["fanout"] = []
         clients = ["websockets", "raw"] if args.fanout_client == "both" else [args.fanout_client]
         for rate in args.fanout_rate or [0.5, 2.0, 5.0]:

@@ -61,3 +61,20 @@ def test_conveyor_dev_retries_delays_and_cancels(dev_server):
     wait_job(dev_server, long.json()["id"], "cancelled")
     stats = requests.get(f"{dev_server}/api/jobs/stats/overview", timeout=5).json()
     assert stats["states"]["succeeded"] >= 2 and stats["states"]["cancelled"] >= 1
+
+
+def test_the_readme_client_example_prints_a_jobs_live_states_until_it_succeeds(dev_server):
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("**Client example**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    example = example.replace('"http://127.0.0.1:8000"', repr(dev_server))
+    assert repr(dev_server) in example
+    out = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert '"subscribed"' in lines[0].replace("'", '"')
+    events = [line.split(" ", 3) for line in lines[1:]]
+    states = [e[1] for e in events]
+    assert states[0] == "queued" and states[-1] == "succeeded" and "running" in states
+    assert [e[2] for e in events].count("100") >= 1  # the sleep job's progress reached 100 %
+    ids = [tuple(int(p) for p in e[0].split("-")) for e in events]
+    assert ids == sorted(set(ids))  # in order, no duplicates
