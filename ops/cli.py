@@ -44,13 +44,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from dramatiq import Worker
 
     from service.config import Settings
-    from service.runtime import configure
+    from service.runtime import configure, freeze_startup_heap
     from service.scheduler import start_scheduler
     from web import create_app
 
     settings = Settings.from_env()
     rt = configure(settings)
     app = create_app(runtime=rt)
+    freeze_startup_heap()
     worker = Worker(rt.broker, worker_threads=args.threads or settings.dev_worker_threads, worker_timeout=100)
     worker.start()
     stop = threading.Event()
@@ -89,9 +90,12 @@ def cmd_api(args: argparse.Namespace) -> int:
             self.cfg.set("accesslog", "-" if args.access_log else None)
 
         def load(self):  # type: ignore[no-untyped-def]
+            from service.runtime import freeze_startup_heap
             from web import create_app
 
-            return create_app()
+            app = create_app()
+            freeze_startup_heap()
+            return app
 
     App().run()
     return RET_OK

@@ -6,6 +6,7 @@ never imports ``actors``. A job type's function receives the validated payload a
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,12 +67,19 @@ class JobType:
     retryable: Callable[[BaseException], bool] = _default_retryable
     actor: dramatiq.Actor | None = None
 
+    @functools.cached_property
+    def loader(self) -> Schema:
+        """One schema instance per type, shared by all threads: a marshmallow schema holds reference cycles,
+        so one built per call left ~40 objects per job for the cyclic GC, whose full passes then paused
+        the api for 50-180 ms under load."""
+        return self.schema()
+
     def validate(self, payload: Any) -> dict[str, Any]:
         """The payload as the schema loads it. Raises InvalidPayload with field messages."""
         if not isinstance(payload, dict):
             raise InvalidPayload("payload must be a JSON object", details={"payload": ["Not a JSON object."]})
         try:
-            return self.schema().load(payload)
+            return self.loader.load(payload)
         except ValidationError as exc:
             raise InvalidPayload(f"invalid payload for {self.name}", details={"payload": exc.messages}) from None
 
@@ -159,7 +167,7 @@ def job_type(
 
         def run(payload: dict[str, Any]) -> Any:
             try:
-                data = jt.schema().load(payload)
+                data = jt.loader.load(payload)
             except ValidationError as exc:
                 raise PermanentJobError(f"invalid payload: {exc.messages}") from None
             return fn(**data)

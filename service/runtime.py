@@ -8,6 +8,7 @@ factories differ between embedded (StubBroker + fakeredis) and real servers.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import logging
 import threading
@@ -108,3 +109,14 @@ def configure(settings: Settings | None = None) -> Runtime:
 def get_runtime() -> Runtime:
     """The configured runtime (configuring from the environment if nobody did yet)."""
     return _runtime or configure()
+
+
+def freeze_startup_heap() -> None:
+    """Move everything built at start-up (modules, app, runtime) out of the cyclic GC's reach.
+
+    A full collection walks every tracked object; with Flask, Dramatiq, OpenAI and Supabase loaded that
+    is a few hundred thousand objects and paused an api process for 50-180 ms under load (seen as the
+    p99 of live-status delivery). Frozen objects are never scanned; what is created later still is.
+    """
+    gc.collect()
+    gc.freeze()

@@ -65,6 +65,11 @@ def json_body() -> Any:
     return body
 
 
+#: Built once and shared by all threads (see JobType.loader: a schema per request fed the cyclic GC).
+_SUBMISSION = SubmissionSchema()
+_LIST_QUERY = ListQuerySchema()
+
+
 def load(schema: Schema, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidPayload("expected a JSON object", details={"body": ["Not a JSON object."]})
@@ -76,7 +81,7 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
 
 
 def submission(data: Any, *, idempotency_key: str | None = None) -> Submission:
-    d = load(SubmissionSchema(), data)
+    d = load(_SUBMISSION, data)
     options = {"callback_url": d["callback_url"]} if d.get("callback_url") else {}
     return Submission(
         type=d["type"], payload=d["payload"], priority=d["priority"], max_retries=d["max_retries"],
@@ -136,7 +141,7 @@ def generate_alias():  # type: ignore[no-untyped-def]
 
 @bp.get("/jobs")
 def list_jobs():  # type: ignore[no-untyped-def]
-    q = load(ListQuerySchema(), request.args.to_dict())
+    q = load(_LIST_QUERY, request.args.to_dict())
     jobs, cursor = runtime().store.list_jobs(tenant(), state=q["state"], type=q["type"], queue=q["queue"],
                                         limit=q["limit"], cursor=q["cursor"])
     return {"jobs": [j.to_api() for j in jobs], "next_cursor": cursor}
