@@ -19,7 +19,7 @@ MEMORY_URL = "memory://"
 
 
 def _secret() -> str:
-    return field(default="", repr=False)  # type: ignore[return-value]
+    return field(default="", repr=False)
 
 
 @dataclass(frozen=True)

@@ -90,8 +90,8 @@ def _checked_since(since: Any) -> str | None:
     return since
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _dumps(obj: dict[str, Any]) -> str:

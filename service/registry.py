@@ -10,7 +10,7 @@ import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 from marshmallow import Schema, ValidationError, missing
@@ -65,7 +65,7 @@ class JobType:
     description: str = ""
     #: Decides whether an exception may be retried; non-retryable errors fail the job at once.
     retryable: Callable[[BaseException], bool] = _default_retryable
-    actor: dramatiq.Actor | None = None
+    actor: dramatiq.Actor[Any, Any] | None = None
 
     @functools.cached_property
     def loader(self) -> Schema:
@@ -79,7 +79,7 @@ class JobType:
         if not isinstance(payload, dict):
             raise InvalidPayload("payload must be a JSON object", details={"payload": ["Not a JSON object."]})
         try:
-            return self.loader.load(payload)
+            return cast("dict[str, Any]", self.loader.load(payload))
         except ValidationError as exc:
             raise InvalidPayload(f"invalid payload for {self.name}", details={"payload": exc.messages}) from None
 
@@ -173,9 +173,7 @@ def job_type(
             return fn(**data)
 
         run.__name__ = fn.__name__
-        jt.actor = dramatiq.actor(
-            run, actor_name=name, queue_name=queue, time_limit=int(time_limit_s * 1000),
-        )
+        jt.actor = dramatiq.actor(actor_name=name, queue_name=queue, time_limit=int(time_limit_s * 1000))(run)
         return registry.add(jt)
 
     return decorate

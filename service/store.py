@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -84,8 +84,9 @@ def _wrap_redis(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def _decode(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _decode(value: Any) -> str:
+    """A Redis reply item as text (redis-py types replies loosely; ours are bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class JobStore:
@@ -236,7 +237,8 @@ class JobStore:
         jobs: list[Job] = []
         high: str = f"({cursor}" if cursor is not None else "+inf"
         while len(jobs) < limit:
-            batch = self.redis.zrevrangebyscore(index, high, "-inf", start=0, num=max(limit * 2, 50), withscores=True)
+            batch = cast("list[tuple[bytes, float]]", self.redis.zrevrangebyscore(
+                index, high, "-inf", start=0, num=max(limit * 2, 50), withscores=True))
             if not batch:
                 return jobs, None
             pipe = self.redis.pipeline(transaction=False)
@@ -272,7 +274,8 @@ class JobStore:
         if after not in ("-", "") and not EVENT_ID.match(after):
             raise InvalidPayload("since must be an event id such as '1712345678901-0'", details={"since": ["Invalid."]})
         start = f"({after}" if after not in ("-", "0", "") else "-"
-        rows = self.redis.xrange(self.keys.job_events(job_id), min=start, max="+", count=count)
+        rows = cast("list[tuple[bytes, dict[bytes, bytes]]]",
+                    self.redis.xrange(self.keys.job_events(job_id), min=start, max="+", count=count))
         return [Event(_decode(eid), {_decode(k): _decode(v) for k, v in f.items()}) for eid, f in rows]
 
     # -- schedule -------------------------------------------------------------------------------------
