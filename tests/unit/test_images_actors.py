@@ -213,3 +213,33 @@ def test_resize_payloads_are_validated_at_submit(client):
                 {"key": "a.png", "sizes": [{"width": 0, "height": 1}]},
                 {"key": "a.png", "sizes": [{"width": 10, "height": 10}], "formats": ["gif"]}):
         assert client.post("/api/jobs", json={"type": "images.resize", "payload": bad}).status_code == 400, bad
+
+
+def test_one_shared_payload_schema_validates_correctly_from_many_threads_at_once(rt):
+    # Each job type keeps one marshmallow schema instance for every thread (see JobType.loader).
+    import threading
+
+    from service.errors import InvalidPayload
+
+    jt = rt.registry.get("images.resize")
+    problems: list[object] = []
+
+    def hammer(i: int) -> None:
+        for k in range(400):
+            width = 10 + (i * 7 + k) % 500
+            good = {"key": f"in/{i}-{k}.png", "sizes": [{"width": width, "height": width + 1}], "formats": ["png"]}
+            out = jt.validate(good)
+            if (out["key"], out["sizes"][0]["width"]) != (f"in/{i}-{k}.png", width):
+                problems.append(out)
+            try:
+                jt.validate({"key": "a.png", "url": "http://x/y.png", "sizes": "x"})
+                problems.append("a bad payload passed")
+            except InvalidPayload:
+                pass
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == []
