@@ -19,13 +19,9 @@ import redis
 
 from service.errors import BackendUnavailable
 from service.feed import (
-    CHANNELS,
     CLOSE_FEED_INTERRUPTED,
-    CLOSE_NOT_FOUND,
-    CLOSE_SLOW_CONSUMER,
     MAX_CHANNEL_REPLAY,
     Feed,
-    Frame,
     _dumps,
     _Item,
     _StreamView,
@@ -37,16 +33,7 @@ from service.job import Job, now_ms
 from service.state import JobState
 from service.store import Event, JobStore
 
-__all__ = [
-    "LiveHub",
-    "Feed",
-    "Frame",
-    "CHANNELS",
-    "CLOSE_SLOW_CONSUMER",
-    "CLOSE_FEED_INTERRUPTED",
-    "CLOSE_NOT_FOUND",
-    "parse_event_id",
-]
+__all__ = ["LiveHub"]  # the feed side (Feed, Frame, close codes) is service.feed
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask_sock import Sock
 
 from service.errors import InvalidPayload, JobNotFound, ServiceError
-from service.live import CLOSE_NOT_FOUND, Feed, Frame, LiveHub
+from service.feed import CLOSE_NOT_FOUND, Feed, Frame
+from service.live import LiveHub
 from service.runtime import Runtime, redis_client
 from web.api import tenant
 

@@ -61,13 +61,19 @@ def key(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-def test_a_client_subscribed_before_submit_sees_queued_running_progress_and_succeeded_in_order(live):
+def submit_watching_the_jobs_channel(live, job_type: str, payload: dict) -> tuple[str, list[dict]]:
+    """Subscribe to the jobs channel first, then submit; returns the job id and its events to the end."""
     ws = connect(live)
     ws.send(json.dumps({"action": "subscribe", "channel": "jobs"}))
     assert recv(ws)["op"] == "subscribed"
-    job_id = submit(live, "sleep", {"seconds": 2.5})
+    job_id = submit(live, job_type, payload)
     got = follow(ws, job_id)
     ws.close()
+    return job_id, got
+
+
+def test_a_client_subscribed_before_submit_sees_queued_running_progress_and_succeeded_in_order(live):
+    job_id, got = submit_watching_the_jobs_channel(live, "sleep", {"seconds": 2.5})
     assert [e["state"] for e in got if e["kind"] == "state"] == ["queued", "running", "succeeded"]
     progress = [e["progress"]["percent"] for e in got if e["kind"] == "progress"]
     assert len(progress) >= 2 and progress == sorted(progress)
@@ -76,12 +82,7 @@ def test_a_client_subscribed_before_submit_sees_queued_running_progress_and_succ
 
 
 def test_the_retrying_events_of_a_flaky_job_arrive_with_their_error(live):
-    ws = connect(live)
-    ws.send(json.dumps({"action": "subscribe", "channel": "jobs"}))
-    assert recv(ws)["op"] == "subscribed"
-    job_id = submit(live, "flaky", {"fail_times": 2})
-    got = follow(ws, job_id)
-    ws.close()
+    job_id, got = submit_watching_the_jobs_channel(live, "flaky", {"fail_times": 2})
     retrying = [e for e in got if e["state"] == "retrying"]
     assert len(retrying) == 2
     assert all(e["error"]["type"] == "FlakyError" for e in retrying)

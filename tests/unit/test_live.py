@@ -15,7 +15,8 @@ import requests
 import websocket
 from werkzeug.serving import make_server
 
-from service.live import CLOSE_SLOW_CONSUMER, LiveHub
+from service.feed import CLOSE_SLOW_CONSUMER
+from service.live import LiveHub
 
 
 @pytest.fixture(scope="module")
