@@ -25,13 +25,12 @@ from service.feed import (
     _dumps,
     _Item,
     _StreamView,
-    _text,
     event_frame,
     parse_event_id,
 )
 from service.job import Job, now_ms
 from service.state import JobState
-from service.store import Event, JobStore
+from service.store import Event, JobStore, _decode
 
 __all__ = ["LiveHub"]  # the feed side (Feed, Frame, close codes) is service.feed
 
@@ -142,7 +141,7 @@ class LiveHub:
             rows = self.store.redis.xrevrange(self.keys.events, count=1)
         except redis.RedisError as exc:
             raise BackendUnavailable("the job store (Redis) is unavailable", details={"backend": "redis"}) from exc
-        return _text(rows[0][0]) if rows else "0-0"
+        return _decode(rows[0][0]) if rows else "0-0"
 
     def _read_stream(self, key: str, since: str | None, *, count: int | None, before: tuple[str, ...] = ()
                      ) -> tuple[list[Any], _StreamView]:
@@ -162,14 +161,14 @@ class LiveHub:
         rows = out[len(before) + 1] if since is not None else []
         if isinstance(rows, Exception):
             raise rows
-        events = [Event(_text(i), {_text(k): _text(v) for k, v in f.items()}) for i, f in rows]
+        events = [Event(_decode(i), {_decode(k): _decode(v) for k, v in f.items()}) for i, f in rows]
         if isinstance(info, Exception):  # no stream (never written, or expired with its record)
             return pre, _StreamView(events, None, gap=since is not None and _beyond_start(since))
-        last_id = _text(info["last-generated-id"])
+        last_id = _decode(info["last-generated-id"])
         first = info.get("first-entry")
         trimmed = int(info.get("entries-added", info["length"])) > int(info["length"])
         gap = bool(since is not None and first and trimmed
-                   and parse_event_id(since) < parse_event_id(_text(first[0])))
+                   and parse_event_id(since) < parse_event_id(_decode(first[0])))
         return pre, _StreamView(events, last_id, gap)
 
     def _read_job(self, job_id: str, since: str | None) -> tuple[Job | None, _StreamView]:
@@ -215,8 +214,8 @@ class LiveHub:
                 continue
             for _stream, entries in batches or ():
                 if entries:
-                    self._last_id = _text(entries[-1][0])
-                    self.dispatch_many([(_text(eid), {_text(k): _text(v) for k, v in fields.items()})
+                    self._last_id = _decode(entries[-1][0])
+                    self.dispatch_many([(_decode(eid), {_decode(k): _decode(v) for k, v in fields.items()})
                                         for eid, fields in entries])
 
     def _check_continuity(self) -> None:
@@ -230,7 +229,7 @@ class LiveHub:
             return
         first = info.get("first-entry")
         trimmed = int(info.get("entries-added", info["length"])) > int(info["length"])
-        if first and trimmed and parse_event_id(_text(first[0])) > parse_event_id(self._last_id):
+        if first and trimmed and parse_event_id(_decode(first[0])) > parse_event_id(self._last_id):
             logger.warning("live reader: events were trimmed while Redis was unreachable; dropping %d feeds",
                            len(self._feeds))
             for feed in list(self._feeds):
