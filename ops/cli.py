@@ -44,14 +44,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from dramatiq import Worker
 
     from service.config import Settings
-    from service.runtime import configure, freeze_startup_heap
+    from service.runtime import configure
     from service.scheduler import start_scheduler
     from web import create_app
 
     settings = Settings.from_env()
     rt = configure(settings)
     app = create_app(runtime=rt)
-    freeze_startup_heap()
     worker = Worker(rt.broker, worker_threads=args.threads or settings.dev_worker_threads, worker_timeout=100)
     worker.start()
     stop = threading.Event()

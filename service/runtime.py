@@ -111,12 +111,21 @@ def get_runtime() -> Runtime:
     return _runtime or configure()
 
 
+_frozen = False
+
+
 def freeze_startup_heap() -> None:
-    """Move everything built at start-up (modules, app, runtime) out of the cyclic GC's reach.
+    """Move everything built at start-up (modules, app, runtime) out of the cyclic GC's reach, once per
+    process: the api after building its app, a worker when it boots (JobTracking.before_worker_boot).
 
     A full collection walks every tracked object; with Flask, Dramatiq, OpenAI and Supabase loaded that
     is a few hundred thousand objects and paused an api process for 50-180 ms under load (seen as the
     p99 of live-status delivery). Frozen objects are never scanned; what is created later still is.
     """
+    global _frozen
+    with _lock:
+        if _frozen:
+            return
+        _frozen = True
     gc.collect()
     gc.freeze()

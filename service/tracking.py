@@ -217,6 +217,11 @@ class JobTracking(Middleware):
 
     # -- worker lifetime: heartbeat, cancel listener, background loops (the promoter) -----------------
 
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        from service.runtime import freeze_startup_heap  # runtime builds this middleware
+
+        freeze_startup_heap()  # job modules are loaded, worker threads not yet started
+
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._stop.clear()
         loops: list[Callable[[threading.Event], None]] = [self._heartbeat_loop, self._cancel_loop, *self.background]
